@@ -1,0 +1,1 @@
+"""The thin Dagster layer: partitions, resources and assets over the Dagster-free core."""

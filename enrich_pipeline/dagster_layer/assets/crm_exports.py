@@ -1,0 +1,62 @@
+"""``crm_exports``: one CRM-ready record per normalised email, in the warehouse and as an
+import-ready CSV with HubSpot's column labels."""
+
+import time
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
+
+from enrich_pipeline.dagster_layer.assets.enriched_companies import enriched_companies
+from enrich_pipeline.dagster_layer.enrichment_pass import utc_now
+from enrich_pipeline.dagster_layer.metadata import duration_since, preview
+from enrich_pipeline.dagster_layer.partitions import (
+    contact_asset,
+    describe_window,
+    partition_window,
+)
+from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
+from enrich_pipeline.warehouse.crm import export_crm_csv, merge_crm_contacts
+
+
+@contact_asset(
+    deps=[enriched_companies],
+    kinds={"duckdb", "csv"},
+    description=(
+        "Lead + person + company merged into one record per normalised email (table "
+        "crm_contacts; what a person typed wins for name and phone, enrichment fills the rest) "
+        "and written to crm_contacts.csv with HubSpot import labels."
+    ),
+)
+def crm_exports(
+    context: AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineSettings
+) -> MaterializeResult:
+    started = time.monotonic()
+    start, end = partition_window(context)
+    with warehouse.connect() as con:
+        merged = merge_crm_contacts(con, start, end, utc_now())
+        path, exported = export_crm_csv(con, pipeline.export_dir)
+        sample = con.execute(
+            """
+            SELECT email, first_name, last_name, job_title, company_name, industry,
+                   employee_count, person_status
+            FROM crm_contacts WHERE partition_date >= ? AND partition_date < ?
+            ORDER BY email LIMIT 10
+            """,
+            [start, end],
+        ).df()
+    context.log.info(
+        f"{merged.records} CRM records merged ({merged.created} new, {merged.updated} updated); "
+        f"{exported} rows written to {path}"
+    )
+    return MaterializeResult(
+        metadata={
+            "partition_window": describe_window(start, end),
+            "crm_records_in_window": merged.records,
+            "created": merged.created,
+            "updated": merged.updated,
+            "email_found_by_enrichment": merged.from_enrichment_email,
+            "export_path": MetadataValue.path(str(path.resolve())),
+            "export_rows": exported,
+            "duration_s": duration_since(started),
+            "preview": preview(sample),
+        }
+    )

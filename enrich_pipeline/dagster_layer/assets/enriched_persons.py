@@ -1,0 +1,62 @@
+"""``enriched_persons``: a person look-up for every identity that is missing or past its TTL."""
+
+import time
+
+from dagster import AssetExecutionContext, MaterializeResult
+
+from enrich_pipeline.dagster_layer.assets.raw_contacts import raw_contacts
+from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass, utc_now
+from enrich_pipeline.dagster_layer.partitions import (
+    contact_asset,
+    describe_window,
+    partition_window,
+)
+from enrich_pipeline.dagster_layer.resources import (
+    EnrichmentResource,
+    PipelineSettings,
+    WarehouseResource,
+)
+from enrich_pipeline.warehouse.enrichment import stale_persons, store_persons
+
+_PREVIEW = """
+SELECT p.identity, p.status, p.enriched_at, p.full_name, p.job_title, p.company_name,
+       p.company_domain, p.seniority_level, p.city, p.country
+FROM person_enrichment p
+SEMI JOIN clean_contacts c ON c.identity = p.identity
+    AND c.partition_date >= ? AND c.partition_date < ?
+ORDER BY p.enriched_at DESC, p.identity LIMIT 10
+"""
+
+
+@contact_asset(
+    deps=[raw_contacts],
+    kinds={"duckdb", "api"},
+    description=(
+        "Person profile for every clean contact (table person_enrichment, one row per identity: "
+        "matched / no_match / error, enriched_at). Looked up by email, else phone, LinkedIn URL "
+        "or name + company; records still inside their freshness window are not called again."
+    ),
+)
+def enriched_persons(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    enrichment: EnrichmentResource,
+    pipeline: PipelineSettings,
+) -> MaterializeResult:
+    started = time.monotonic()
+    start, end = partition_window(context)
+    with warehouse.connect() as con:
+        selection = stale_persons(con, start, end, utc_now(), pipeline.freshness)
+    return run_enrichment_pass(
+        context,
+        kind="person",
+        window=describe_window(start, end),
+        selection=selection,
+        enrichment=enrichment,
+        warehouse=warehouse,
+        store=store_persons,
+        chunk_size=pipeline.chunk_size,
+        preview_sql=_PREVIEW,
+        preview_params=[start, end],
+        started=started,
+    )

@@ -1,0 +1,91 @@
+"""What ``enriched_persons`` and ``enriched_companies`` share: run the look-ups for the stale
+records, write results per chunk on a fresh short connection, and report the cost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+from dagster import AssetExecutionContext, Failure, MaterializeResult, get_dagster_logger
+
+from enrich_pipeline.dagster_layer.metadata import enrichment_metadata, preview
+from enrich_pipeline.dagster_layer.resources import EnrichmentResource, WarehouseResource
+from enrich_pipeline.enrichment_run import PassReport, enrich_in_chunks
+from enrich_pipeline.provider.errors import ProviderError
+from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind
+from enrich_pipeline.warehouse.enrichment import StaleSelection
+
+Store = Callable[[duckdb.DuckDBPyConnection, list[EnrichmentResult], datetime], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def run_enrichment_pass(
+    context: AssetExecutionContext,
+    *,
+    kind: Kind,
+    window: str,
+    selection: StaleSelection[Any],
+    enrichment: EnrichmentResource,
+    warehouse: WarehouseResource,
+    store: Store,
+    chunk_size: int,
+    preview_sql: str,
+    preview_params: list[Any],
+    started: float,
+) -> MaterializeResult:
+    stats = CallStats()
+    report = PassReport(requested=len(selection.queries))
+    context.log.info(
+        f"{kind} enrichment over {window}: {selection.total} records, "
+        f"{selection.fresh} still fresh (no call), {len(selection.queries)} to look up "
+        f"via {enrichment.provider}"
+    )
+
+    def write_chunk(results: list[EnrichmentResult]) -> None:
+        with warehouse.connect() as con:
+            store(con, results, utc_now())
+
+    async def run() -> None:
+        async with enrichment.client(stats, get_dagster_logger()) as client:
+            await enrich_in_chunks(
+                client,
+                kind,
+                selection.queries,
+                write_chunk,
+                chunk_size=chunk_size,
+                report=report,
+            )
+
+    def metadata() -> dict[str, Any]:
+        return enrichment_metadata(
+            window=window,
+            provider=enrichment.provider,
+            selection=selection,
+            report=report,
+            stats=stats,
+            started=started,
+        )
+
+    try:
+        if selection.queries:
+            asyncio.run(run())
+    except ProviderError as exc:
+        raise Failure(
+            description=f"{kind} enrichment stopped: {exc}. Results received before the stop "
+            "are saved; the next run continues with the rest.",
+            metadata=metadata(),
+        ) from exc
+    with warehouse.connect() as con:
+        sample = con.execute(preview_sql, preview_params).df()
+    result_metadata = {**metadata(), "preview": preview(sample)}
+    context.log.info(
+        f"{kind} enrichment done: {report.matched} matched, {report.no_match} no match, "
+        f"{report.errors} errors; {stats.requests} API calls, {stats.rate_limited} answered 429"
+    )
+    return MaterializeResult(metadata=result_metadata)

@@ -1,0 +1,65 @@
+"""Metadata every materialisation shows in the UI: the numbers a user asks about first."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from enrich_pipeline.enrichment_run import PassReport
+from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.warehouse.enrichment import StaleSelection
+
+PREVIEW_ROWS = 10
+
+
+def preview(frame: pd.DataFrame) -> MetadataValue:
+    """A small table of what was written; values as text so the UI shows them as stored."""
+    head = frame.head(PREVIEW_ROWS).astype(object).where(frame.head(PREVIEW_ROWS).notna(), None)
+    return MetadataValue.table(
+        records=[
+            TableRecord({k: (None if v is None else str(v)) for k, v in row.items()})
+            for row in head.to_dict(orient="records")
+        ],
+        schema=TableSchema(columns=[TableColumn(str(c), "string") for c in frame.columns]),
+    )
+
+
+def duration_since(started: float) -> MetadataValue:
+    return MetadataValue.float(round(time.monotonic() - started, 3))
+
+
+def enrichment_metadata(
+    *,
+    window: str,
+    provider: str,
+    selection: StaleSelection[Any],
+    report: PassReport,
+    stats: CallStats,
+    started: float,
+) -> dict[str, Any]:
+    """Figures are for this run (a backfill over a range is one run: every partition in it
+    shows the same run totals)."""
+    return {
+        "partition_window": window,
+        "provider": provider,
+        "records_in_window": selection.total,
+        "lookups_needed": len(selection.queries),
+        "calls_saved_fresh": selection.fresh,
+        "matched": report.matched,
+        "no_match": report.no_match,
+        "errors": report.errors,
+        "results_written": report.written,
+        "api_calls": stats.requests,
+        "rate_limited_429": stats.rate_limited,
+        "retries": stats.retries,
+        "credits_used": stats.credits_used,
+        "credits_remaining": (
+            MetadataValue.int(stats.credits_remaining)
+            if stats.credits_remaining is not None
+            else MetadataValue.text("not reported")
+        ),
+        "duration_s": duration_since(started),
+    }

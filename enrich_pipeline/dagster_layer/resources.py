@@ -1,0 +1,112 @@
+"""Typed resources: the warehouse, the enrichment provider, and the pipeline's settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import duckdb
+import httpx
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from enrich_pipeline.provider.client import (
+    DEFAULT_COMPANY_FIELDS,
+    DEFAULT_PERSON_FIELDS,
+    EnrichmentClient,
+)
+from enrich_pipeline.provider.http import build_http_client
+from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.sandbox import SandboxConfig, create_app
+from enrich_pipeline.settings import DEFAULT_BASE_URL
+from enrich_pipeline.warehouse.connection import connect
+from enrich_pipeline.warehouse.enrichment import Freshness
+
+SANDBOX_LABEL = "sandbox"
+_SANDBOX_BASE_URL = "http://sandbox.invalid"
+
+
+class WarehouseResource(ConfigurableResource):
+    """The DuckDB file. Connections are opened per unit of work and closed straight after."""
+
+    path: str = Field(default="data/warehouse.duckdb", description="DuckDB file")
+    lock_timeout_s: float = Field(
+        default=30.0, description="how long to wait for another process's write lock"
+    )
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connect(self.path, lock_timeout_s=self.lock_timeout_s) as con:
+            yield con
+
+
+class EnrichmentResource(ConfigurableResource):
+    """The person/company enrichment API. With no API key it is the built-in sandbox,
+    in process; the client cannot tell the difference."""
+
+    api_key: str | None = Field(
+        default=None, description="DATA_LEGION_API_KEY; unset means the built-in sandbox"
+    )
+    base_url: str = DEFAULT_BASE_URL
+    use_bulk: bool = True
+    bulk_size: int = 100
+    max_concurrency: int = 8
+    max_attempts: int = 5
+    request_timeout_s: float = 30.0
+    person_fields: str = DEFAULT_PERSON_FIELDS
+    company_fields: str = DEFAULT_COMPANY_FIELDS
+
+    @property
+    def provider(self) -> str:
+        return self.base_url if self.api_key else SANDBOX_LABEL
+
+    @asynccontextmanager
+    async def client(
+        self, stats: CallStats, logger: logging.Logger
+    ) -> AsyncIterator[EnrichmentClient]:
+        transport: httpx.AsyncBaseTransport | None = None
+        base_url, api_key = self.base_url, self.api_key
+        if not api_key:
+            logger.info(
+                "DATA_LEGION_API_KEY is not set: using the built-in sandbox provider "
+                "(synthetic profiles, no real people)"
+            )
+            transport = httpx.ASGITransport(app=create_app(SandboxConfig.from_env()))
+            base_url, api_key = _SANDBOX_BASE_URL, SANDBOX_LABEL
+        http = build_http_client(
+            base_url=base_url,
+            api_key=api_key,
+            stats=stats,
+            transport=transport,
+            timeout_s=self.request_timeout_s,
+            max_attempts=self.max_attempts,
+        )
+        async with http:
+            yield EnrichmentClient(
+                http,
+                stats=stats,
+                include_fields={"person": self.person_fields, "company": self.company_fields},
+                use_bulk=self.use_bulk,
+                bulk_size=self.bulk_size,
+                max_concurrency=self.max_concurrency,
+                logger=logger,
+            )
+
+
+class PipelineSettings(ConfigurableResource):
+    """Freshness windows, chunking and where exports go."""
+
+    person_ttl_days: int = 30
+    company_ttl_days: int = 90
+    no_match_retry_days: int = 14
+    chunk_size: int = 200
+    export_dir: str = "data/exports"
+
+    @property
+    def freshness(self) -> Freshness:
+        return Freshness(
+            person_ttl_days=self.person_ttl_days,
+            company_ttl_days=self.company_ttl_days,
+            no_match_retry_days=self.no_match_retry_days,
+        )

@@ -1,0 +1,53 @@
+"""``defs``: what ``dagster dev`` and ``dagster asset materialize -m enrich_pipeline.definitions``
+load. Settings come from the environment; the API key through ``EnvVar`` only."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, EnvVar
+
+from enrich_pipeline.dagster_layer.assets import (
+    crm_exports,
+    enriched_companies,
+    enriched_persons,
+    raw_contacts,
+)
+from enrich_pipeline.dagster_layer.resources import (
+    EnrichmentResource,
+    PipelineSettings,
+    WarehouseResource,
+)
+from enrich_pipeline.settings import Settings
+
+API_KEY_ENV = "DATA_LEGION_API_KEY"
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    # EnvVar fails a run when its variable is unset; unset is how a user asks for the sandbox.
+    api_key = EnvVar(API_KEY_ENV) if os.environ.get(API_KEY_ENV) else None
+    return Definitions(
+        assets=[raw_contacts, enriched_persons, enriched_companies, crm_exports],
+        resources={
+            "warehouse": WarehouseResource(path=settings.warehouse_path),
+            "enrichment": EnrichmentResource(
+                api_key=api_key,
+                base_url=settings.base_url,
+                use_bulk=settings.use_bulk,
+                bulk_size=settings.bulk_size,
+                max_concurrency=settings.max_concurrency,
+                max_attempts=settings.max_attempts,
+                request_timeout_s=settings.request_timeout_s,
+            ),
+            "pipeline": PipelineSettings(
+                person_ttl_days=settings.person_ttl_days,
+                company_ttl_days=settings.company_ttl_days,
+                no_match_retry_days=settings.no_match_retry_days,
+                chunk_size=settings.chunk_size,
+                export_dir=settings.export_dir,
+            ),
+        },
+    )
+
+
+defs = build_definitions(Settings.from_env())

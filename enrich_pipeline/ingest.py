@@ -1,0 +1,365 @@
+"""Land a contacts CSV in ``raw_contacts``, set-based, in one transaction.
+
+The whole file is parsed, mapped, trimmed and date-parsed in DuckDB SQL (a million rows land
+in seconds). Rows that cannot land go to ``quarantine`` with the reason and the row exactly
+as the file gave it, so ``rows_read == accepted + quarantined`` always holds. Email and phone
+validity is not judged here: the pipeline checks those once per landed row.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from enrich_pipeline.column_mapping import ColumnMapping, ColumnMappingError, map_columns
+from enrich_pipeline.warehouse.connection import connect
+
+log = logging.getLogger(__name__)
+
+REASON_NO_IDENTITY = "no identifying value"
+REASON_BAD_DATE = "unparseable date"
+
+# RFC 4180 pinned down rather than sniffed: a sniffed dialect can silently skip leading lines
+# or treat '#...' rows as comments, and we never drop a row without saying so.
+_READ_CSV = (
+    "read_csv(?, all_varchar = true, header = true, delim = ',', quote = '\"', "
+    "escape = '\"', comment = '', skip = 0)"
+)
+
+# Landed columns other than the ones ingest fills itself; all nullable strings.
+_CONTACT_COLUMNS: tuple[str, ...] = (
+    "email",
+    "first_name",
+    "last_name",
+    "full_name",
+    "phone",
+    "company_name",
+    "website",
+    "linkedin_url",
+    "job_title",
+    "city",
+    "state",
+    "country",
+)
+# A row with none of these identifies no one, so it cannot land.
+_ROW_IDENTIFYING: tuple[str, ...] = (
+    "email",
+    "phone",
+    "linkedin_url",
+    "first_name",
+    "last_name",
+    "full_name",
+    "company_name",
+)
+
+# Spreadsheet exports pad with tabs and non-breaking spaces as well as plain spaces. Trimming
+# a character set is several times slower than looking at both ends first, and most values
+# need no trimming at all.
+_PADDING = "' ' || chr(9) || chr(10) || chr(13) || chr(160)"
+_CLEAN_MACRO = f"""
+CREATE OR REPLACE TEMP MACRO __clean(v) AS nullif(
+    CASE WHEN contains({_PADDING}, v[1]) OR contains({_PADDING}, v[-1])
+        THEN trim(v, {_PADDING}) ELSE v END,
+    '')
+"""
+# Each branch is gated by a shape check: a bare cast would accept words like 'infinity', and
+# a TIMESTAMP (not TIMESTAMPTZ) cast silently drops a '+02:00' offset.
+_PARSE_MACRO = r"""
+CREATE OR REPLACE TEMP MACRO __parse_received(v) AS CASE
+    WHEN regexp_full_match(v, '\d{4}-\d{1,2}-\d{1,2}([Tt ].+)?')
+        THEN timezone('UTC', try_cast(v AS TIMESTAMPTZ))
+    WHEN regexp_full_match(v, '\d{1,2}/\d{1,2}/\d{4}( \d{1,2}:\d{2}(:\d{2})?)?')
+        THEN try_strptime(v, ['%m/%d/%Y %H:%M:%S', '%m/%d/%Y %H:%M', '%m/%d/%Y'])
+    WHEN regexp_full_match(v, '\d{9,11}(\.\d+)?')
+        THEN make_timestamp(CAST(round(CAST(v AS DOUBLE) * 1000000) AS BIGINT))
+    WHEN regexp_full_match(v, '\d{12,14}')
+        THEN make_timestamp(CAST(v AS BIGINT) * 1000)
+END
+"""
+
+
+class IngestError(RuntimeError):
+    """The file could not be ingested at all; nothing was written."""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    rows_read: int
+    accepted: int
+    quarantined: int
+    first_ingest_id: int | None  # None when no row landed
+    last_ingest_id: int | None
+    quarantine_reasons: dict[str, int]  # reason -> rows
+    source_file: str  # the file's name, as stored in raw_contacts/quarantine.source_file
+    # True when skip_if_landed found an earlier landing of this file name; the counts and ids
+    # then describe that earlier landing and nothing new was written.
+    already_landed: bool = False
+
+
+def ingest_file(
+    warehouse_path: str | Path,
+    csv_path: str | Path,
+    *,
+    source: str | None = None,
+    now: datetime | None = None,
+    skip_if_landed: bool = False,
+) -> IngestReport:
+    """Append every row of ``csv_path`` to the warehouse: to ``raw_contacts`` if it can land,
+    else to ``quarantine``.
+
+    A row's source is its own source column when the file has one and the cell is filled,
+    else ``source``, else the file's stem. ``received_at`` comes from the file's
+    received/created column when present, else ``now`` (default: the current UTC time).
+    With ``skip_if_landed``, a file whose name already appears in the warehouse is not landed
+    again (re-running a demo must not double its data).
+    Raises ``IngestError`` (and writes nothing) when the file cannot be read as a contacts CSV.
+    """
+    csv_path = Path(csv_path)
+    landed_at = _utc_naive(now or datetime.now(UTC))
+    mapping = _map_headers(csv_path)
+    fallback_source = source.strip() if source and source.strip() else csv_path.stem
+
+    with connect(warehouse_path) as con:
+        # TIMESTAMPTZ casts of zone-less text use the session zone; pin it so a naive
+        # '2026-08-03 14:22' means UTC whatever the machine's zone.
+        con.execute("SET SESSION TimeZone = 'UTC'")
+        con.execute(_CLEAN_MACRO)
+        con.execute(_PARSE_MACRO)
+        # Staged before the transaction: a temp table's rowid is only its row position once
+        # committed, and staging writes nothing to the warehouse's own tables.
+        _stage(con, csv_path, mapping, fallback_source)
+        # One transaction from the "landed before?" check to the last insert, so a file is
+        # either wholly landed or not at all.
+        con.execute("BEGIN TRANSACTION")
+        try:
+            earlier = _earlier_landing(con, csv_path.name) if skip_if_landed else None
+            if earlier is not None:
+                con.execute("ROLLBACK")
+                log.info("%s: already landed; not landing it again", csv_path)
+                return earlier
+            report = _land(con, csv_path.name, landed_at)
+            con.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT has already rolled back; the original error is what matters.
+            with suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+
+    log.info(
+        "ingested %s: %d rows read, %d landed, %d quarantined",
+        report.source_file,
+        report.rows_read,
+        report.accepted,
+        report.quarantined,
+    )
+    return report
+
+
+def _map_headers(csv_path: Path) -> ColumnMapping:
+    """Check the file is a readable CSV with usable headers before touching the warehouse."""
+    if not csv_path.exists():
+        raise IngestError(f"{csv_path}: no such file")
+    if not csv_path.is_file():
+        raise IngestError(f"{csv_path}: not a file")
+    with csv_path.open("rb") as fh:
+        head = fh.read(4096)
+    if not head.strip(b" \t\r\n\xef\xbb\xbf") and len(head) < 4096:
+        raise IngestError(f"{csv_path}: the file is empty")
+    try:
+        with duckdb.connect() as probe:
+            headers = [
+                row[0]
+                for row in probe.execute(
+                    f"DESCRIBE SELECT * FROM {_READ_CSV}", [str(csv_path)]
+                ).fetchall()
+            ]
+    except duckdb.Error as exc:
+        raise IngestError(f"{csv_path}: could not be read as CSV: {_short_error(exc)}") from exc
+    try:
+        mapping = map_columns(headers)
+    except ColumnMappingError as exc:
+        raise IngestError(f"{csv_path}: {exc}") from exc
+    if mapping.unrecognised:
+        log.info("%s: ignoring columns %s", csv_path, ", ".join(mapping.unrecognised))
+    return mapping
+
+
+def _earlier_landing(con: duckdb.DuckDBPyConnection, source_file: str) -> IngestReport | None:
+    accepted, first_id, last_id = con.execute(
+        "SELECT count(*), min(ingest_id), max(ingest_id) FROM raw_contacts WHERE source_file = ?",
+        [source_file],
+    ).fetchone() or (0, None, None)
+    reasons = dict(
+        con.execute(
+            "SELECT reason, count(*) FROM quarantine WHERE stage = 'ingest' AND source_file = ? "
+            "GROUP BY reason ORDER BY reason",
+            [source_file],
+        ).fetchall()
+    )
+    if not accepted and not reasons:
+        return None
+    quarantined = sum(reasons.values())
+    return IngestReport(
+        rows_read=accepted + quarantined,
+        accepted=accepted,
+        quarantined=quarantined,
+        first_ingest_id=first_id,
+        last_ingest_id=last_id,
+        quarantine_reasons=reasons,
+        source_file=source_file,
+        already_landed=True,
+    )
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection, csv_path: Path, mapping: ColumnMapping, fallback_source: str
+) -> None:
+    """Read the file into ``__src`` and derive ``__checked`` from it (temp tables)."""
+    try:
+        # Materialised so rowid is the row's position in the file (insertion order is kept).
+        con.execute(f"CREATE TEMP TABLE __src AS SELECT * FROM {_READ_CSV}", [str(csv_path)])
+    except duckdb.Error as exc:
+        raise IngestError(f"{csv_path}: could not be read as CSV: {_short_error(exc)}") from exc
+    con.execute(_checked_sql(mapping), [fallback_source])
+
+
+def _checked_sql(mapping: ColumnMapping) -> str:
+    """SQL building ``__checked``: one row per source row with its landed values and, for
+    rows that cannot land, the quarantine reason. Parameter 1 is the fallback source."""
+
+    def first_filled(target: str, *, raw: bool = False) -> str:
+        headers = mapping.columns.get(target, ())
+        if not headers:
+            return "CAST(NULL AS VARCHAR)"
+        # Email lands as given (the pipeline's normalisation owns trimming/lower-casing);
+        # only a blank one becomes NULL.
+        values = [
+            f"CASE WHEN __clean({_ident(h)}) IS NOT NULL THEN {_ident(h)} END"
+            if raw
+            else f"__clean({_ident(h)})"
+            for h in headers
+        ]
+        return values[0] if len(values) == 1 else f"coalesce({', '.join(values)})"
+
+    # Which date column supplied the value, so a bad date's quarantine row can name it.
+    whens = " ".join(
+        f"WHEN __clean({_ident(h)}) IS NOT NULL THEN {_literal(h)}"
+        for h in mapping.columns.get("received_at", ())
+    )
+    received_field = f"CASE {whens} END" if whens else "CAST(NULL AS VARCHAR)"
+    contact_values = ",\n        ".join(
+        f"{first_filled(col, raw=col == 'email')} AS {col}" for col in _CONTACT_COLUMNS
+    )
+    no_identity = " AND ".join(f"{col} IS NULL" for col in _ROW_IDENTIFYING)
+    return f"""
+    CREATE TEMP TABLE __checked AS
+    WITH mapped AS (
+        SELECT
+            rowid + 1 AS source_row,
+            coalesce({first_filled("source")}, ?) AS source,
+            {first_filled("received_at")} AS received_raw,
+            {received_field} AS received_field,
+            {contact_values}
+        FROM __src
+    ), parsed AS (
+        SELECT *, __parse_received(received_raw) AS received_parsed FROM mapped
+    )
+    SELECT
+        *,
+        CASE
+            WHEN {no_identity} THEN '{REASON_NO_IDENTITY}'
+            WHEN received_raw IS NOT NULL AND received_parsed IS NULL THEN '{REASON_BAD_DATE}'
+        END AS reason
+    FROM parsed
+    """
+
+
+def _land(con: duckdb.DuckDBPyConnection, source_file: str, landed_at: datetime) -> IngestReport:
+    """Write ``__checked`` out; runs inside the caller's transaction."""
+    contact_list = ", ".join(_CONTACT_COLUMNS)
+    # Ids are drawn from the table's own sequence in file order, into a staging table, so the
+    # report can state exactly which ids this file got.
+    con.execute(
+        """
+        CREATE TEMP TABLE __landing AS
+        SELECT nextval('raw_contacts_ingest_id') AS ingest_id, *
+        FROM (SELECT * FROM __checked WHERE reason IS NULL ORDER BY source_row)
+        """
+    )
+    con.execute(
+        f"""
+        INSERT INTO raw_contacts (ingest_id, source, source_file, source_row, received_at,
+                                  landed_at, {contact_list})
+        SELECT ingest_id, source, $source_file, source_row, coalesce(received_parsed, $now),
+               $now, {contact_list}
+        FROM __landing
+        ORDER BY ingest_id
+        """,
+        {"source_file": source_file, "now": landed_at},
+    )
+    con.execute(
+        """
+        INSERT INTO quarantine (stage, source, source_file, source_row, partition_date, field,
+                                reason, original, quarantined_at)
+        SELECT 'ingest', c.source, $source_file, c.source_row, NULL,
+               CASE WHEN c.reason = $bad_date THEN c.received_field END,
+               c.reason, to_json(s), $now
+        FROM __checked AS c
+        JOIN __src AS s ON s.rowid + 1 = c.source_row
+        WHERE c.reason IS NOT NULL
+        ORDER BY c.source_row
+        """,
+        {"source_file": source_file, "now": landed_at, "bad_date": REASON_BAD_DATE},
+    )
+    rows_read, accepted = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM __checked"
+    ).fetchone() or (0, 0)
+    first_id, last_id = con.execute(
+        "SELECT min(ingest_id), max(ingest_id) FROM __landing"
+    ).fetchone() or (None, None)
+    reasons = dict(
+        con.execute(
+            "SELECT reason, count(*) FROM __checked WHERE reason IS NOT NULL "
+            "GROUP BY reason ORDER BY reason"
+        ).fetchall()
+    )
+    return IngestReport(
+        rows_read=rows_read,
+        accepted=accepted,
+        quarantined=rows_read - accepted,
+        first_ingest_id=first_id,
+        last_ingest_id=last_id,
+        quarantine_reasons=reasons,
+        source_file=source_file,
+    )
+
+
+def _utc_naive(moment: datetime) -> datetime:
+    """Warehouse timestamps are naive UTC; a naive ``now`` is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _short_error(exc: duckdb.Error) -> str:
+    """DuckDB's CSV errors run to dozens of lines of hints; keep the lines that say what
+    is wrong and where."""
+    kept: list[str] = []
+    for line in str(exc).splitlines():
+        if not line.strip() or line.startswith(("Possible fixes", "The search space")):
+            break
+        kept.append(line.strip())
+    return "; ".join(kept) or type(exc).__name__

@@ -1,0 +1,354 @@
+"""Person/company enrichment over the Data Legion wire format, sandbox or real API alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from enrich_pipeline.provider.errors import CreditsExhausted, ProviderAuthError
+from enrich_pipeline.provider.http import API_KEY_HEADER, REDACTED
+from enrich_pipeline.provider.models import (
+    CallStats,
+    EnrichmentResult,
+    Kind,
+    Outcome,
+    Query,
+)
+
+DEFAULT_PERSON_FIELDS = (
+    "legion_id,full_name,first_name,last_name,job_title,company_name,company_domain,"
+    "company_industry,company_size,seniority_level,job_function,city,state,country,"
+    "linkedin_url,work_email,mobile_phone"
+)
+DEFAULT_COMPANY_FIELDS = (
+    "legion_id,name,domain,industry,type,size,founded,linkedin_url,legion_employee_count"
+)
+DEFAULT_FIELDS: Mapping[Kind, str] = {
+    "person": DEFAULT_PERSON_FIELDS,
+    "company": DEFAULT_COMPANY_FIELDS,
+}
+MAX_BULK_SIZE = 100
+# How a plan without bulk access answers a bulk call; the single endpoints may still work.
+BULK_REFUSED_STATUSES = frozenset({403, 404, 405})
+_MAX_MESSAGE_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Single:
+    query: Query
+
+
+@dataclass(frozen=True, slots=True)
+class _Bulk:
+    queries: tuple[Query, ...]
+
+
+_Work = _Single | _Bulk
+
+
+class _BulkRefused(Exception):
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+class _Progress:
+    """Logs progress about every 10% of the queries."""
+
+    def __init__(self, kind: Kind, total: int, logger: logging.Logger) -> None:
+        self._kind = kind
+        self._total = total
+        self._step = max(1, math.ceil(total / 10))
+        self._logger = logger
+        self._counts: Counter[Outcome] = Counter()
+
+    def add(self, result: EnrichmentResult) -> None:
+        self._counts[result.status] += 1
+        done = self._counts.total()
+        if done % self._step == 0 or done == self._total:
+            self._logger.info(
+                "Enriching %s: %d/%d done (%d matched, %d no match, %d errors)",
+                self._kind,
+                done,
+                self._total,
+                self._counts[Outcome.MATCHED],
+                self._counts[Outcome.NO_MATCH],
+                self._counts[Outcome.ERROR],
+            )
+
+
+class EnrichmentClient:
+    """Enriches queries with bounded concurrency, in bulk where the provider allows it.
+
+    Per-record problems (no match, invalid input, a call that kept failing) become results;
+    only an unusable key (401/403) or exhausted credits (402) end the run, after the calls
+    already in flight have been answered and yielded.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        stats: CallStats,
+        include_fields: Mapping[Kind, str] | None = None,
+        use_bulk: bool = True,
+        bulk_size: int = MAX_BULK_SIZE,
+        max_concurrency: int = 8,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not 1 <= bulk_size <= MAX_BULK_SIZE:
+            raise ValueError(f"bulk_size must be between 1 and {MAX_BULK_SIZE}, got {bulk_size}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self._http = http
+        self._stats = stats
+        self._fields: dict[Kind, str] = {**DEFAULT_FIELDS, **(include_fields or {})}
+        self._use_bulk = use_bulk
+        self._bulk_size = bulk_size
+        self._max_concurrency = max_concurrency
+        self._logger = logger or logging.getLogger(__name__)
+        # Only to scrub provider-supplied text that might echo it; never logged.
+        self._secret = http.headers.get(API_KEY_HEADER)
+
+    async def enrich(self, kind: Kind, queries: Sequence[Query]) -> AsyncIterator[EnrichmentResult]:
+        """Yield one result per query as soon as it is known, in completion order.
+
+        Raises ``ProviderAuthError`` or ``CreditsExhausted`` after yielding everything that was
+        answered before the run had to stop.
+        """
+        work: asyncio.Queue[_Work] = asyncio.Queue()
+        for item in self._plan(queries):
+            work.put_nowait(item)
+        finished: asyncio.Queue[EnrichmentResult | None] = asyncio.Queue()
+        fatal: list[Exception] = []
+
+        async def worker() -> None:
+            while True:
+                item = await work.get()
+                try:
+                    # After a fatal answer, queued work is drained without calling.
+                    if not fatal:
+                        for result in await self._run(kind, item, work):
+                            finished.put_nowait(result)
+                except Exception as exc:  # re-raised below once in-flight work is yielded
+                    fatal.append(exc)
+                finally:
+                    work.task_done()
+
+        async def signal_end() -> None:
+            await work.join()
+            finished.put_nowait(None)
+
+        # One request per worker: the worker count is the bound on requests in flight.
+        tasks = [asyncio.create_task(worker()) for _ in range(self._max_concurrency)]
+        tasks.append(asyncio.create_task(signal_end()))
+        progress = _Progress(kind, len(queries), self._logger)
+        try:
+            while (result := await finished.get()) is not None:
+                progress.add(result)
+                yield result
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if fatal:
+            raise fatal[0]
+
+    def _plan(self, queries: Sequence[Query]) -> list[_Work]:
+        if not self._use_bulk:
+            return [_Single(query) for query in queries]
+        return [
+            _Bulk(tuple(queries[start : start + self._bulk_size]))
+            for start in range(0, len(queries), self._bulk_size)
+        ]
+
+    async def _run(
+        self, kind: Kind, item: _Work, work: asyncio.Queue[_Work]
+    ) -> list[EnrichmentResult]:
+        if isinstance(item, _Single):
+            return [await self._enrich_one(kind, item.query)]
+        if self._use_bulk:
+            try:
+                return await self._enrich_bulk(kind, item.queries)
+            except _BulkRefused as refused:
+                self._stop_using_bulk(kind, refused.status_code)
+        # Requeued rather than run here, so idle workers share the single calls.
+        for query in item.queries:
+            work.put_nowait(_Single(query))
+        return []
+
+    def _stop_using_bulk(self, kind: Kind, status_code: int) -> None:
+        if not self._use_bulk:  # another chunk in flight was refused first
+            return
+        self._use_bulk = False
+        self._stats.bulk_fallbacks += 1
+        self._logger.warning(
+            "The provider refused bulk %s enrichment (HTTP %d); "
+            "switching to one call per record from now on",
+            kind,
+            status_code,
+        )
+
+    def _options(self, kind: Kind) -> dict[str, str]:
+        # An empty field list means "whatever the provider returns by default".
+        fields = self._fields.get(kind)
+        return {"include_fields": fields} if fields else {}
+
+    async def _enrich_one(self, kind: Kind, query: Query) -> EnrichmentResult:
+        path = f"/{kind}/enrich"
+        try:
+            response = await self._http.post(
+                path, json={**query.identifiers(), **self._options(kind)}
+            )
+        except httpx.HTTPError as exc:
+            return self._failed(query.key, f"{type(exc).__name__} calling {path}")
+        self._raise_if_fatal(response, path)
+        if response.status_code == 404:
+            return EnrichmentResult(query.key, Outcome.NO_MATCH)
+        if response.status_code != 200:
+            return self._failed(query.key, self._describe(response))
+        body = _json_object(response)
+        if body is None:
+            return self._failed(query.key, "HTTP 200 with an unreadable body")
+        matches = body.get("matches")
+        if not matches:
+            return EnrichmentResult(query.key, Outcome.NO_MATCH)
+        return self._matched(kind, query.key, matches)
+
+    async def _enrich_bulk(self, kind: Kind, queries: Sequence[Query]) -> list[EnrichmentResult]:
+        path = f"/{kind}/enrich/bulk"
+        items = [{**query.identifiers(), "metadata": {"key": query.key}} for query in queries]
+        try:
+            response = await self._http.post(path, json={"items": items, **self._options(kind)})
+        except httpx.HTTPError as exc:
+            return self._all_failed(queries, f"{type(exc).__name__} calling {path}")
+        if response.status_code in BULK_REFUSED_STATUSES:
+            raise _BulkRefused(response.status_code)
+        self._raise_if_fatal(response, path)
+        if response.status_code != 200:
+            return self._all_failed(queries, self._describe(response))
+        body = _json_object(response)
+        answers = body.get("results") if body is not None else None
+        if not isinstance(answers, list):
+            return self._all_failed(queries, "HTTP 200 with an unreadable bulk answer")
+        by_key = _answers_by_key(answers, queries)
+        return [self._bulk_item(kind, query.key, by_key.get(query.key)) for query in queries]
+
+    def _bulk_item(self, kind: Kind, key: str, answer: dict[str, Any] | None) -> EnrichmentResult:
+        if answer is None:
+            return self._failed(key, "missing from the bulk answer")
+        error = answer.get("error")
+        if error == "not_found":
+            return EnrichmentResult(key, Outcome.NO_MATCH)
+        if error:
+            message = answer.get("message")
+            return self._failed(key, self._scrub(f"{error}: {message}" if message else str(error)))
+        matches = answer.get("matches")
+        if not matches:
+            return EnrichmentResult(key, Outcome.NO_MATCH)
+        return self._matched(kind, key, matches)
+
+    def _matched(self, kind: Kind, key: str, matches: Any) -> EnrichmentResult:
+        best = matches[0] if isinstance(matches, list) else None
+        if not isinstance(best, dict) or not isinstance(record := best.get(kind), dict):
+            return self._failed(key, f"match without a {kind} record")
+        metadata = best.get("match_metadata")
+        return EnrichmentResult(
+            key,
+            Outcome.MATCHED,
+            record=record,
+            match_metadata=metadata if isinstance(metadata, dict) else None,
+        )
+
+    def _raise_if_fatal(self, response: httpx.Response, path: str) -> None:
+        status = response.status_code
+        request_id = response.headers.get("Request-ID")
+        endpoint = f"POST {path}"
+        if status in (401, 403):
+            message = _error_body(response)[1]
+            raise ProviderAuthError(
+                status,
+                endpoint=endpoint,
+                request_id=request_id,
+                provider_message=self._scrub(message) if message else None,
+            )
+        if status == 402:
+            body = _json_object(response) or {}
+            details = body.get("details")
+            details = details if isinstance(details, dict) else {}
+            raise CreditsExhausted(
+                endpoint=endpoint,
+                credits_required=_as_int(details.get("credits_required")),
+                credits_available=_as_int(details.get("credits_available")),
+                request_id=request_id,
+            )
+
+    def _describe(self, response: httpx.Response) -> str:
+        """Short, key-free description of a failed call: status, the API's message, Request-ID."""
+        code, message = _error_body(response)
+        text = f"HTTP {response.status_code}"
+        if code or message:
+            text += ": " + ": ".join(part for part in (code, message) if part)
+        if request_id := response.headers.get("Request-ID"):
+            text += f" (Request-ID: {request_id})"
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, REDACTED) if self._secret else text
+
+    def _failed(self, key: str, message: str) -> EnrichmentResult:
+        self._logger.debug("Enrichment of %s failed: %s", key, message)
+        return EnrichmentResult(key, Outcome.ERROR, error=message)
+
+    def _all_failed(self, queries: Sequence[Query], message: str) -> list[EnrichmentResult]:
+        self._logger.debug("Bulk enrichment of %d records failed: %s", len(queries), message)
+        return [EnrichmentResult(query.key, Outcome.ERROR, error=message) for query in queries]
+
+
+def _answers_by_key(answers: list[Any], queries: Sequence[Query]) -> dict[str, dict[str, Any]]:
+    """Bulk answers by our key: the echoed metadata, else the item's position."""
+    by_key: dict[str, dict[str, Any]] = {}
+    for index, answer in enumerate(answers):
+        if not isinstance(answer, dict):
+            continue
+        metadata = answer.get("metadata")
+        key = metadata.get("key") if isinstance(metadata, dict) else None
+        if not isinstance(key, str) and index < len(queries):
+            key = queries[index].key
+        if isinstance(key, str):
+            by_key.setdefault(key, answer)
+    return by_key
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _error_body(response: httpx.Response) -> tuple[str | None, str | None]:
+    """(error code, message) from the API's error body, shortened; (None, None) if unreadable."""
+    body = _json_object(response) or {}
+    code, message = body.get("error"), body.get("message")
+    return (
+        str(code)[:_MAX_MESSAGE_CHARS] if code else None,
+        str(message)[:_MAX_MESSAGE_CHARS] if message else None,
+    )
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

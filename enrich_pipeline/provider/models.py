@@ -1,0 +1,83 @@
+"""Values that cross the client's boundary: what we ask for, what comes back, what it cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+Kind = Literal["person", "company"]
+
+PERSON_IDENTIFIER_FIELDS = (
+    "email",
+    "phone",
+    "social_url",
+    "first_name",
+    "last_name",
+    "full_name",
+    "company",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonQuery:
+    """One person look-up. ``key`` is our identity for the record; it is never sent as an
+    identifier (bulk calls carry it in ``metadata`` to map answers back)."""
+
+    key: str
+    email: str | None = None
+    phone: str | None = None
+    social_url: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    full_name: str | None = None
+    company: str | None = None
+
+    def identifiers(self) -> dict[str, str]:
+        return {name: value for name in PERSON_IDENTIFIER_FIELDS if (value := getattr(self, name))}
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyQuery:
+    key: str
+    domain: str
+
+    def identifiers(self) -> dict[str, str]:
+        return {"domain": self.domain}
+
+
+Query = PersonQuery | CompanyQuery
+
+
+class Outcome(StrEnum):
+    MATCHED = "matched"
+    NO_MATCH = "no_match"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentResult:
+    key: str
+    status: Outcome
+    record: dict[str, Any] | None = None
+    match_metadata: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class CallStats:
+    """What the enrichment calls cost, as the user sees it in asset metadata."""
+
+    requests: int = 0
+    responses_by_status: dict[int, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    retries: int = 0
+    credits_used: int = 0
+    credits_remaining: int | None = None
+    bulk_fallbacks: int = 0
+    # Pauses imposed by the provider's rate limit, so slow runs can be explained.
+    throttle_waits: int = 0
+    throttle_wait_s: float = 0.0
+
+    def record_response(self, status_code: int) -> None:
+        self.responses_by_status[status_code] = self.responses_by_status.get(status_code, 0) + 1

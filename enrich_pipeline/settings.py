@@ -1,0 +1,148 @@
+"""Every non-secret setting, read from the environment once, with a clear error naming the
+variable when a value cannot be used. Secrets (API keys) are not here: they reach the
+resources through Dagster's ``EnvVar`` so they are resolved at run time and never logged."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_URL = "https://api.datalegion.ai"
+
+
+class SettingError(ValueError):
+    """A setting's value cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: Any
+    meaning: str
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a whole number above 0")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "warehouse_path": str,
+    "export_dir": str,
+    "partition_start": lambda raw: date.fromisoformat(raw.strip()).isoformat(),
+    "person_ttl_days": _positive_int,
+    "company_ttl_days": _positive_int,
+    "no_match_retry_days": _non_negative_int,
+    "base_url": lambda raw: raw.strip().rstrip("/"),
+    "use_bulk": _bool,
+    "bulk_size": lambda raw: min(_positive_int(raw), 100),
+    "max_concurrency": _positive_int,
+    "chunk_size": _positive_int,
+    "max_attempts": _positive_int,
+    "request_timeout_s": _positive_int,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    warehouse_path: str = "data/warehouse.duckdb"
+    export_dir: str = "data/exports"
+    partition_start: str = "2024-01-01"
+    person_ttl_days: int = 30
+    company_ttl_days: int = 90
+    no_match_retry_days: int = 14
+    base_url: str = DEFAULT_BASE_URL
+    use_bulk: bool = True
+    bulk_size: int = 100
+    max_concurrency: int = 8
+    chunk_size: int = 200
+    max_attempts: int = 5
+    request_timeout_s: int = 30
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = SETTINGS[f.name].env
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[f.name] = _PARSERS[f.name](raw)
+            except ValueError as exc:
+                raise SettingError(f"{name}={raw!r} is not usable: {exc}") from None
+        return cls(**values)
+
+    @property
+    def export_path(self) -> Path:
+        return Path(self.export_dir)
+
+
+SETTINGS: dict[str, Setting] = {
+    "warehouse_path": Setting(
+        "ENRICH_WAREHOUSE_PATH", Settings.warehouse_path, "DuckDB warehouse file"
+    ),
+    "export_dir": Setting(
+        "ENRICH_EXPORT_DIR", Settings.export_dir, "where crm_contacts.csv is written"
+    ),
+    "partition_start": Setting(
+        "ENRICH_PARTITION_START", Settings.partition_start, "first daily partition (UTC date)"
+    ),
+    "person_ttl_days": Setting(
+        "ENRICH_PERSON_TTL_DAYS", Settings.person_ttl_days, "a matched person is fresh this long"
+    ),
+    "company_ttl_days": Setting(
+        "ENRICH_COMPANY_TTL_DAYS", Settings.company_ttl_days, "a matched company is fresh this long"
+    ),
+    "no_match_retry_days": Setting(
+        "ENRICH_NO_MATCH_RETRY_DAYS",
+        Settings.no_match_retry_days,
+        "a no-match is asked again after this long (errors: on the next run)",
+    ),
+    "base_url": Setting(
+        "DATA_LEGION_BASE_URL",
+        Settings.base_url,
+        "enrichment API base URL (used when DATA_LEGION_API_KEY is set)",
+    ),
+    "use_bulk": Setting(
+        "ENRICH_USE_BULK", Settings.use_bulk, "use the bulk endpoints (up to 100 per call)"
+    ),
+    "bulk_size": Setting("ENRICH_BULK_SIZE", Settings.bulk_size, "items per bulk call (max 100)"),
+    "max_concurrency": Setting(
+        "ENRICH_MAX_CONCURRENCY", Settings.max_concurrency, "enrichment requests in flight at most"
+    ),
+    "chunk_size": Setting(
+        "ENRICH_CHUNK_SIZE",
+        Settings.chunk_size,
+        "results written to the warehouse per chunk (a crash loses at most one)",
+    ),
+    "max_attempts": Setting(
+        "ENRICH_MAX_ATTEMPTS", Settings.max_attempts, "attempts per request (429, 5xx, timeouts)"
+    ),
+    "request_timeout_s": Setting(
+        "ENRICH_REQUEST_TIMEOUT_S", Settings.request_timeout_s, "per-request timeout, seconds"
+    ),
+}

@@ -1,0 +1,277 @@
+"""What needs enriching (missing or past its TTL) and storing what the provider answered.
+
+Stale selection is one SQL query per window; results are written per chunk, delete-then-insert
+by key, so a crash loses at most one chunk and a re-run picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Generic, TypeVar
+
+import duckdb
+import pandas as pd
+
+from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
+from enrich_pipeline.provider.models import (
+    CompanyQuery,
+    EnrichmentResult,
+    Outcome,
+    PersonQuery,
+)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How long an answer stays good. Errors are always retried on the next run."""
+
+    person_ttl_days: int = 30
+    company_ttl_days: int = 90
+    no_match_retry_days: int = 14
+
+
+Q = TypeVar("Q", PersonQuery, CompanyQuery)
+
+
+@dataclass(frozen=True)
+class StaleSelection(Generic[Q]):
+    queries: list[Q]
+    total: int
+
+    @property
+    def fresh(self) -> int:
+        return self.total - len(self.queries)
+
+
+def _stale_condition(alias: str, ttl_days: int, no_match_days: int) -> str:
+    return f"""(
+        {alias}.status IS NULL
+        OR {alias}.status = 'error'
+        OR ({alias}.status = 'matched'
+            AND {alias}.enriched_at < $now - to_days({int(ttl_days)}))
+        OR ({alias}.status = 'no_match'
+            AND {alias}.enriched_at < $now - to_days({int(no_match_days)}))
+    )"""
+
+
+def stale_persons(
+    con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
+) -> StaleSelection[PersonQuery]:
+    """Every identity in the window, once, and the look-ups needed for those not fresh."""
+    rows = con.execute(
+        f"""
+        WITH wanted AS (
+            SELECT
+                identity,
+                any_value(identity_type) AS identity_type,
+                any_value(email) AS email,
+                arg_max(phone, last_received_at) FILTER (WHERE phone IS NOT NULL) AS phone,
+                arg_max(linkedin_url, last_received_at)
+                    FILTER (WHERE linkedin_url IS NOT NULL) AS social_url,
+                arg_max(full_name, last_received_at)
+                    FILTER (WHERE full_name IS NOT NULL) AS full_name,
+                arg_max(coalesce(company_name, company_domain), last_received_at)
+                    FILTER (WHERE coalesce(company_name, company_domain) IS NOT NULL) AS company
+            FROM clean_contacts
+            WHERE partition_date >= $start AND partition_date < $end
+            GROUP BY identity
+        )
+        SELECT w.*, {
+            _stale_condition("p", freshness.person_ttl_days, freshness.no_match_retry_days)
+        } AS stale
+        FROM wanted w
+        LEFT JOIN person_enrichment p USING (identity)
+        ORDER BY w.identity
+        """,
+        {"start": start, "end": end, "now": now},
+    ).fetchall()
+    queries = [
+        _person_query(identity, kind, email, phone, social_url, full_name, company)
+        for identity, kind, email, phone, social_url, full_name, company, stale in rows
+        if stale
+    ]
+    return StaleSelection(queries=queries, total=len(rows))
+
+
+def _person_query(
+    identity: str,
+    kind: str,
+    email: str | None,
+    phone: str | None,
+    social_url: str | None,
+    full_name: str | None,
+    company: str | None,
+) -> PersonQuery:
+    # One identifier per look-up: each distinct identifier sent is billable.
+    if kind == "email":
+        return PersonQuery(key=identity, email=email)
+    if kind == "phone":
+        return PersonQuery(key=identity, phone=phone)
+    if kind == "social_url":
+        return PersonQuery(key=identity, social_url=social_url)
+    return PersonQuery(key=identity, full_name=full_name, company=company)
+
+
+def stale_companies(
+    con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
+) -> StaleSelection[CompanyQuery]:
+    """Domains of the window's contacts: the matched person's company domain, else the lead's
+    own (website or work email). Free-mail domains are never companies."""
+    rows = con.execute(
+        f"""
+        WITH domains AS (
+            SELECT DISTINCT lower(coalesce(
+                CASE WHEN p.status = 'matched' THEN p.company_domain END,
+                c.company_domain)) AS domain
+            FROM clean_contacts c
+            LEFT JOIN person_enrichment p USING (identity)
+            WHERE c.partition_date >= $start AND c.partition_date < $end
+        )
+        SELECT d.domain, {
+            _stale_condition("e", freshness.company_ttl_days, freshness.no_match_retry_days)
+        } AS stale
+        FROM domains d
+        LEFT JOIN company_enrichment e USING (domain)
+        WHERE d.domain IS NOT NULL AND NOT list_contains($free_mail, d.domain)
+        ORDER BY d.domain
+        """,
+        {"start": start, "end": end, "now": now, "free_mail": sorted(FREE_MAIL_DOMAINS)},
+    ).fetchall()
+    queries = [CompanyQuery(key=domain, domain=domain) for domain, stale in rows if stale]
+    return StaleSelection(queries=queries, total=len(rows))
+
+
+PERSON_FIELDS = (
+    "legion_id",
+    "full_name",
+    "first_name",
+    "last_name",
+    "job_title",
+    "company_name",
+    "company_domain",
+    "company_industry",
+    "company_size",
+    "seniority_level",
+    "job_function",
+    "city",
+    "state",
+    "country",
+    "linkedin_url",
+    "work_email",
+    "mobile_phone",
+)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return _text(value.get("cleaned"))
+    return str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def identity_type(identity: str) -> str:
+    """Identities carry their kind as a prefix (see ``clean_contacts``); bare ones are emails."""
+    prefix = identity.split(":", 1)[0] if ":" in identity else ""
+    return {"phone": "phone", "social": "social_url", "name": "name_company"}.get(prefix, "email")
+
+
+def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        rec = r.record or {}
+        row: dict[str, Any] = {
+            "identity": r.key,
+            "identity_type": identity_type(r.key),
+            "status": r.status.value,
+            "enriched_at": now,
+            "error": r.error,
+            "match_confidence": (r.match_metadata or {}).get("match_confidence"),
+            **{name: _text(rec.get(name)) for name in PERSON_FIELDS},
+            "raw": json.dumps(rec) if r.record is not None else None,
+        }
+        if row["company_domain"]:
+            row["company_domain"] = row["company_domain"].lower()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def company_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        rec = r.record or {}
+        rows.append(
+            {
+                "domain": r.key,
+                "status": r.status.value,
+                "enriched_at": now,
+                "error": r.error,
+                "legion_id": _text(rec.get("legion_id")),
+                "name": _text(rec.get("name")),
+                "industry": _text(rec.get("industry")),
+                "company_type": _text(rec.get("type")),
+                "size": _text(rec.get("size")),
+                "founded": _int(rec.get("founded")),
+                "linkedin_url": _text(rec.get("linkedin_url")),
+                "employee_count": _int(rec.get("legion_employee_count")),
+                "raw": json.dumps(rec) if r.record is not None else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: str, frame: pd.DataFrame) -> None:
+    """Replace rows by key, except that an error never overwrites a matched record: the old
+    profile stays (and stays stale, so the next run asks again)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("incoming", frame)
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE accepted AS
+            SELECT i.* FROM incoming i
+            LEFT JOIN {table} t ON t.{key} = i.{key} AND t.status = 'matched'
+            WHERE NOT (i.status = 'error' AND t.{key} IS NOT NULL)
+            """
+        )
+        con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM accepted)")
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM accepted")
+        con.execute("DROP TABLE accepted")
+        con.unregister("incoming")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def store_persons(
+    con: duckdb.DuckDBPyConnection,
+    results: Sequence[EnrichmentResult],
+    now: datetime,
+) -> None:
+    if results:
+        _upsert(con, "person_enrichment", "identity", person_rows(results, now))
+
+
+def store_companies(
+    con: duckdb.DuckDBPyConnection, results: Sequence[EnrichmentResult], now: datetime
+) -> None:
+    if results:
+        _upsert(con, "company_enrichment", "domain", company_rows(results, now))
+
+
+def outcome_counts(results: Sequence[EnrichmentResult]) -> dict[Outcome, int]:
+    counts = dict.fromkeys(Outcome, 0)
+    for r in results:
+        counts[r.status] += 1
+    return counts

@@ -1,0 +1,158 @@
+"""Warehouse tables. ``ensure_schema`` is idempotent and runs on every write connection.
+
+No primary keys: DuckDB's ART indexes slow bulk loads and complicate delete-then-insert;
+uniqueness is kept by the SQL that writes each table (and checked by tests).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+DDL = """
+CREATE SEQUENCE IF NOT EXISTS raw_contacts_ingest_id START 1;
+CREATE SEQUENCE IF NOT EXISTS quarantine_id START 1;
+
+-- Landed rows, append-only, exactly as the source gave them (strings, untouched).
+CREATE TABLE IF NOT EXISTS raw_contacts (
+    ingest_id     BIGINT NOT NULL DEFAULT nextval('raw_contacts_ingest_id'),
+    source        VARCHAR NOT NULL,
+    source_file   VARCHAR,
+    source_row    BIGINT,          -- 1-based data row in the source file
+    received_at   TIMESTAMP NOT NULL,  -- UTC
+    landed_at     TIMESTAMP NOT NULL,  -- UTC
+    email         VARCHAR,
+    first_name    VARCHAR,
+    last_name     VARCHAR,
+    full_name     VARCHAR,
+    phone         VARCHAR,
+    company_name  VARCHAR,
+    website       VARCHAR,
+    linkedin_url  VARCHAR,
+    job_title     VARCHAR,
+    city          VARCHAR,
+    state         VARCHAR,
+    country       VARCHAR
+);
+
+-- Every row we could not use, with the reason and the original values. Nothing is dropped.
+CREATE TABLE IF NOT EXISTS quarantine (
+    quarantine_id  BIGINT NOT NULL DEFAULT nextval('quarantine_id'),
+    stage          VARCHAR NOT NULL,   -- 'ingest' (could not land) | 'validate' (asset)
+    ingest_id      BIGINT,             -- set for stage 'validate'
+    source         VARCHAR,
+    source_file    VARCHAR,
+    source_row     BIGINT,
+    partition_date DATE,               -- received date (UTC) where known
+    field          VARCHAR,
+    reason         VARCHAR NOT NULL,
+    original       JSON,
+    quarantined_at TIMESTAMP NOT NULL
+);
+
+-- Library checks (email syntax, phone parsing) are per row; a landed row never changes, so
+-- each is checked once and the answer kept here.
+CREATE TABLE IF NOT EXISTS contact_checks (
+    ingest_id     BIGINT NOT NULL,
+    email         VARCHAR,   -- normalised, NULL when absent or invalid
+    email_error   VARCHAR,
+    phone         VARCHAR,   -- E.164, NULL when absent or unparseable
+    phone_error   VARCHAR,
+    checked_at    TIMESTAMP NOT NULL
+);
+
+-- One row per identity per partition: the validated, normalised, deduplicated lead.
+CREATE TABLE IF NOT EXISTS clean_contacts (
+    partition_date   DATE NOT NULL,
+    identity         VARCHAR NOT NULL,  -- email, else 'phone:+E164', 'social:slug', 'name:...'
+    identity_type    VARCHAR NOT NULL,  -- email | phone | social_url | name_company
+    email            VARCHAR,
+    phone            VARCHAR,
+    first_name       VARCHAR,
+    last_name        VARCHAR,
+    full_name        VARCHAR,
+    company_name     VARCHAR,
+    company_domain   VARCHAR,
+    website          VARCHAR,
+    linkedin_url     VARCHAR,
+    job_title        VARCHAR,
+    city             VARCHAR,
+    state            VARCHAR,
+    country          VARCHAR,
+    sources          VARCHAR,
+    row_count        INTEGER NOT NULL,
+    first_received_at TIMESTAMP NOT NULL,
+    last_received_at  TIMESTAMP NOT NULL
+);
+
+-- One row per identity. status: matched | no_match | error. Freshness is enriched_at.
+CREATE TABLE IF NOT EXISTS person_enrichment (
+    identity          VARCHAR NOT NULL,
+    identity_type     VARCHAR NOT NULL,
+    status            VARCHAR NOT NULL,
+    enriched_at       TIMESTAMP NOT NULL,
+    error             VARCHAR,
+    match_confidence  VARCHAR,
+    legion_id         VARCHAR,
+    full_name         VARCHAR,
+    first_name        VARCHAR,
+    last_name         VARCHAR,
+    job_title         VARCHAR,
+    company_name      VARCHAR,
+    company_domain    VARCHAR,
+    company_industry  VARCHAR,
+    company_size      VARCHAR,
+    seniority_level   VARCHAR,
+    job_function      VARCHAR,
+    city              VARCHAR,
+    state             VARCHAR,
+    country           VARCHAR,
+    linkedin_url      VARCHAR,
+    work_email        VARCHAR,
+    mobile_phone      VARCHAR,
+    raw               JSON
+);
+
+-- One row per company domain, same pattern.
+CREATE TABLE IF NOT EXISTS company_enrichment (
+    domain            VARCHAR NOT NULL,
+    status            VARCHAR NOT NULL,
+    enriched_at       TIMESTAMP NOT NULL,
+    error             VARCHAR,
+    legion_id         VARCHAR,
+    name              VARCHAR,
+    industry          VARCHAR,
+    company_type      VARCHAR,
+    size              VARCHAR,
+    founded           INTEGER,
+    linkedin_url      VARCHAR,
+    employee_count    BIGINT,
+    raw               JSON
+);
+
+-- One CRM-ready record per normalised email.
+CREATE TABLE IF NOT EXISTS crm_contacts (
+    email               VARCHAR NOT NULL,
+    first_name          VARCHAR,
+    last_name           VARCHAR,
+    phone               VARCHAR,
+    mobile_phone        VARCHAR,
+    job_title           VARCHAR,
+    company_name        VARCHAR,
+    website             VARCHAR,
+    city                VARCHAR,
+    state               VARCHAR,
+    country             VARCHAR,
+    industry            VARCHAR,
+    employee_count      BIGINT,
+    linkedin_url        VARCHAR,
+    person_status       VARCHAR,
+    person_enriched_at  TIMESTAMP,
+    company_enriched_at TIMESTAMP,
+    partition_date      DATE NOT NULL,  -- the latest partition that carried this email
+    updated_at          TIMESTAMP NOT NULL
+);
+"""
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(DDL)

@@ -1,0 +1,47 @@
+import asyncio
+
+import httpx
+
+from enrich_pipeline.provider.http import build_http_client, redact_headers
+from enrich_pipeline.provider.models import CallStats
+
+KEY = "dl-secret-key-1234567890"
+
+
+def test_client_sends_key_agent_and_json_accept_to_the_base_url() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    stats = CallStats()
+
+    async def go() -> None:
+        async with build_http_client(
+            base_url="https://provider.test",
+            api_key=KEY,
+            stats=stats,
+            transport=httpx.MockTransport(handler),
+        ) as http:
+            await http.get("/health")
+
+    asyncio.run(go())
+    (request,) = seen
+    assert str(request.url) == "https://provider.test/health"
+    assert request.headers["API-Key"] == KEY
+    assert request.headers["User-Agent"] == "enrich-pipeline/0.1"
+    assert request.headers["Accept"] == "application/json"
+    assert stats.requests == 1
+
+
+def test_redact_headers_hides_credentials_only() -> None:
+    headers = httpx.Headers(
+        {"api-key": KEY, "Authorization": "Bearer x", "Request-ID": "r-1", "Accept": "*/*"}
+    )
+    assert redact_headers(headers) == {
+        "api-key": "[redacted]",
+        "authorization": "[redacted]",
+        "request-id": "r-1",
+        "accept": "*/*",
+    }
