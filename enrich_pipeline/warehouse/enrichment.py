@@ -61,8 +61,9 @@ def stale_persons(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
 ) -> StaleSelection[PersonQuery]:
     """Every identity in the window, once, and the look-ups needed for those not fresh."""
-    rows = con.execute(
+    con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE wanted_persons AS
         WITH wanted AS (
             SELECT
                 identity,
@@ -84,16 +85,16 @@ def stale_persons(
         } AS stale
         FROM wanted w
         LEFT JOIN person_enrichment p USING (identity)
-        ORDER BY w.identity
         """,
         {"start": start, "end": end, "now": now},
+    )
+    total = con.execute("SELECT count(*) FROM wanted_persons").fetchone()[0]  # type: ignore[index]
+    rows = con.execute(
+        "SELECT identity, identity_type, email, phone, social_url, full_name, company "
+        "FROM wanted_persons WHERE stale ORDER BY identity"
     ).fetchall()
-    queries = [
-        _person_query(identity, kind, email, phone, social_url, full_name, company)
-        for identity, kind, email, phone, social_url, full_name, company, stale in rows
-        if stale
-    ]
-    return StaleSelection(queries=queries, total=len(rows))
+    con.execute("DROP TABLE wanted_persons")
+    return StaleSelection(queries=[_person_query(*row) for row in rows], total=total)
 
 
 def _person_query(

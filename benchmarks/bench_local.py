@@ -1,0 +1,205 @@
+"""``make bench-local``: the per-contact work that is not an API call, at 1,000,000 contacts.
+
+Lands N synthetic contacts, enriches them once against the in-process sandbox with latency and
+rate limit off, then times, in the same run:
+  * a second materialisation of all four assets over the whole range with the real Dagster CLI
+    (everything fresh: zero API calls), and its peak memory (largest process);
+  * the same joins written as plain DuckDB SQL on one connection (the floor).
+Target: the materialisation within 5x the plain SQL, peak memory under 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+
+from enrich_pipeline.ingest import ingest_file
+from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
+
+START = date(2025, 1, 1)
+DAYS = 100
+
+
+def write_contacts_csv(path: Path, n: int) -> None:
+    """Synthetic HubSpot-style export: work and free-mail emails, a bounded set of phones,
+    some phone-only and name+company leads, repeats across days."""
+    con = duckdb.connect()
+    con.execute(
+        f"""
+        COPY (
+            SELECT
+                CASE
+                    WHEN i % 25 = 0 THEN NULL
+                    WHEN i % 5 = 0 THEN 'Person' || (i % 900000) || '@gmail.com'
+                    ELSE ' person' || (i % 900000) || '@Company' || (i % 40000) || '.com'
+                END AS "Email",
+                'First' || (i % 997) AS "First Name",
+                'Last' || (i % 1009) AS "Last Name",
+                CASE WHEN i % 3 = 0 THEN '(415) 555-' || lpad((i % 10000)::VARCHAR, 4, '0')
+                END AS "Phone Number",
+                'Company ' || (i % 40000) AS "Company Name",
+                CASE WHEN i % 4 = 0 THEN 'https://www.company' || (i % 40000) || '.com/' END
+                    AS "Website URL",
+                CASE WHEN i % 7 = 0 THEN 'Web Form' ELSE 'Partner Sync' END AS "Lead Source",
+                strftime(TIMESTAMP '{START}' + to_seconds((i * 8640 // {n}) * {DAYS} * 10),
+                         '%Y-%m-%d %H:%M:%S') AS "Create Date"
+            FROM range({n}) t(i)
+        ) TO '{path}' (HEADER, DELIMITER ',')
+        """
+    )
+    con.close()
+
+
+def dagster_materialise(repo: Path, env: dict[str, str], first: str, last: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "asset",
+            "materialize",
+            "-m",
+            "enrich_pipeline.definitions",
+            "--select",
+            "*",
+            "--partition-range",
+            f"{first}...{last}",
+        ],
+        cwd=repo,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+PLAIN_SQL = """
+CREATE OR REPLACE TEMP TABLE w AS
+SELECT
+    coalesce(c.email, 'phone:' || c.phone) AS identity,
+    CAST(r.received_at AS DATE) AS d,
+    r.received_at, r.first_name, r.last_name, r.company_name, c.phone, c.email,
+    coalesce(
+        nullif(regexp_extract(lower(r.website),
+            '^(?:[a-z]+://)?(?:www\\.)?([a-z0-9-]+(?:\\.[a-z0-9-]+)+)', 1), ''),
+        CASE WHEN NOT list_contains($free, split_part(c.email, '@', 2))
+             THEN split_part(c.email, '@', 2) END) AS company_domain
+FROM raw_contacts r JOIN contact_checks c USING (ingest_id)
+WHERE coalesce(c.email, c.phone) IS NOT NULL;
+
+CREATE OR REPLACE TEMP TABLE leads AS
+SELECT d, identity, any_value(email) AS email,
+       arg_max(first_name, received_at) AS first_name,
+       arg_max(last_name, received_at) AS last_name,
+       arg_max(phone, received_at) AS phone,
+       arg_max(company_name, received_at) AS company_name,
+       arg_max(company_domain, received_at) AS company_domain,
+       max(received_at) AS last_received_at
+FROM w GROUP BY d, identity;
+
+SELECT count(*) FILTER (WHERE p.identity IS NULL OR p.enriched_at < now() - INTERVAL 30 DAY)
+FROM (SELECT DISTINCT identity FROM leads) l LEFT JOIN person_enrichment p USING (identity);
+
+SELECT count(*) FILTER (WHERE e.domain IS NULL OR e.enriched_at < now() - INTERVAL 90 DAY)
+FROM (SELECT DISTINCT coalesce(p.company_domain, l.company_domain) AS domain
+      FROM leads l LEFT JOIN person_enrichment p USING (identity)) d
+LEFT JOIN company_enrichment e USING (domain);
+
+CREATE OR REPLACE TEMP TABLE merged AS
+SELECT coalesce(l.email, lower(p.work_email)) AS email,
+       coalesce(arg_max(l.first_name, l.last_received_at), any_value(p.first_name)) AS first_name,
+       coalesce(arg_max(l.last_name, l.last_received_at), any_value(p.last_name)) AS last_name,
+       arg_max(l.phone, l.last_received_at) AS phone,
+       any_value(p.job_title) AS job_title,
+       coalesce(any_value(co.name), arg_max(l.company_name, l.last_received_at)) AS company_name,
+       any_value(co.industry) AS industry,
+       any_value(co.employee_count) AS employee_count
+FROM leads l
+LEFT JOIN person_enrichment p USING (identity)
+LEFT JOIN company_enrichment co ON co.domain = coalesce(p.company_domain, l.company_domain)
+WHERE coalesce(l.email, p.work_email) IS NOT NULL
+GROUP BY 1;
+
+COPY (SELECT * FROM merged ORDER BY email) TO $out (HEADER, DELIMITER ',');
+"""
+
+
+def plain_sql(warehouse: Path, out: Path) -> float:
+    con = duckdb.connect(str(warehouse))
+    started = time.perf_counter()
+    for statement in filter(str.strip, PLAIN_SQL.split(";")):
+        params = {}
+        if "$free" in statement:
+            params["free"] = sorted(FREE_MAIL_DOMAINS)
+        if "$out" in statement:
+            params["out"] = str(out)
+        con.execute(statement, params).fetchall()
+    elapsed = time.perf_counter() - started
+    con.close()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix="bench-local-"))
+    warehouse, exports = work / "warehouse.duckdb", work / "exports"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(work / "dagster_home"),
+        "ENRICH_WAREHOUSE_PATH": str(warehouse),
+        "ENRICH_EXPORT_DIR": str(exports),
+        "ENRICH_SANDBOX_LATENCY_MS": "0",
+        "ENRICH_SANDBOX_RATE_LIMIT": "0",
+        "ENRICH_CHUNK_SIZE": "5000",
+    }
+    env.pop("DATA_LEGION_API_KEY", None)
+    (work / "dagster_home").mkdir()
+    shutil.copy(repo / "dagster.yaml", work / "dagster_home" / "dagster.yaml")
+    first, last = START.isoformat(), (START + timedelta(days=DAYS - 1)).isoformat()
+    try:
+        csv_path = work / "contacts.csv"
+        write_contacts_csv(csv_path, args.contacts)
+        started = time.perf_counter()
+        landed = ingest_file(warehouse, csv_path)
+        ingest_s = time.perf_counter() - started
+        print(f"landed {landed.accepted:,} contacts in {ingest_s:.1f}s", flush=True)
+
+        enrich_s = dagster_materialise(repo, env, first, last)
+        print(f"first materialisation (enrich everything once): {enrich_s:.1f}s", flush=True)
+
+        again_s = dagster_materialise(repo, env, first, last)
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        sql_s = plain_sql(warehouse, work / "plain.csv")
+        calls = duckdb.connect(str(warehouse), read_only=True)
+        persons = calls.execute("SELECT count(*) FROM person_enrichment").fetchone()[0]
+        calls.close()
+
+        print()
+        print(f"bench-local: {args.contacts:,} contacts over {DAYS} daily partitions")
+        print(f"  person records                      {persons:,}")
+        print(f"  second materialisation (CLI, 0 API calls)  {again_s:7.1f} s")
+        print(f"  same joins as plain DuckDB SQL             {sql_s:7.1f} s")
+        print(
+            f"  ratio                                      {again_s / sql_s:7.1f} x  (target <= 5x)"
+        )
+        print(f"  peak memory, largest process               {peak_mb:7.0f} MB (target < 2048)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

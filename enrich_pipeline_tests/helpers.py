@@ -1,0 +1,99 @@
+"""Test helpers shared by the pipeline tests: a small messy CSV, running the graph, and the
+sandbox served over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
+
+from enrich_pipeline.definitions import build_definitions
+from enrich_pipeline.sandbox import SandboxConfig, create_app
+from enrich_pipeline.settings import Settings
+
+ASSET_KEYS = ["raw_contacts", "enriched_persons", "enriched_companies", "crm_exports"]
+
+SMALL_CSV = """Email,First Name,Last Name,Phone Number,Company Name,Website URL,LinkedIn URL,Lead Source,Create Date
+ Ada.Lovelace@Analytical-Engines.io ,Ada,Lovelace,(415) 555-0134,Analytical Engines,,,Web Form,2026-09-01 10:00:00
+ada.lovelace@analytical-engines.io,Ada,,,,,,Partner Sync,2026-09-02 11:00:00
+grace@gmail.com,Grace,Hopper,,,,,Web Form,2026-09-01 12:00:00
+,Alan,Turing,+44 20 7946 0958,,,,Event Scan,2026-09-02 09:00:00
+,Katherine,Johnson,,NASA Langley,langley.example.org,,CSV Import,2026-09-02 09:30:00
+,,,,,,https://www.linkedin.com/in/edsger-dijkstra/,CSV Import,2026-09-03 08:00:00
+not-an-email,Bad,Row,,,,,Web Form,2026-09-03 09:00:00
+,Only,Name,,,,,Web Form,2026-09-03 09:30:00
+"""
+
+
+def write_small_csv(directory: Path) -> Path:
+    path = directory / "contacts.csv"
+    path.write_text(SMALL_CSV, encoding="utf-8")
+    return path
+
+
+def materialise_range(
+    settings: Settings,
+    first: str,
+    last: str,
+    instance: DagsterInstance | None = None,
+    *,
+    raise_on_error: bool = True,
+) -> ExecuteInProcessResult:
+    defs = build_definitions(settings)
+    return materialize(
+        [defs.get_assets_def(AssetKey(key)) for key in ASSET_KEYS],
+        resources=defs.resources,
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        },
+        raise_on_error=raise_on_error,
+    )
+
+
+def metadata_of(result: ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    events = result.asset_materializations_for_node(asset)
+    assert events, f"{asset} was not materialised"
+    return {k: v.value for k, v in events[0].metadata.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def sandbox_over_http(config: SandboxConfig) -> Iterator[str]:
+    """The sandbox app served by uvicorn on 127.0.0.1, as `enrich-pipeline sandbox` does."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host="127.0.0.1",
+            port=_free_port(),
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    started = threading.Event()
+    original_startup = server.startup
+
+    async def startup(sockets=None) -> None:
+        await original_startup(sockets)
+        started.set()
+
+    server.startup = startup  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(timeout=30), "sandbox server did not start"
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
