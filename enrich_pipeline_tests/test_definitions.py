@@ -11,7 +11,7 @@ import pytest
 from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition
 
 from enrich_pipeline.definitions import build_definitions
-from enrich_pipeline.settings import Settings, SettingError
+from enrich_pipeline.settings import SettingError, Settings
 from enrich_pipeline_tests.conftest import REPO
 from enrich_pipeline_tests.helpers import ASSET_KEYS
 
