@@ -1,0 +1,106 @@
+"""Opening the warehouse while another process holds its write lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from enrich_pipeline.warehouse.connection import WarehouseBusy, connect, is_lock_error
+
+# Opens the file for writing, says so, and keeps it open until told (a line on stdin) to close.
+_HOLDER = """
+import sys
+import duckdb
+
+con = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.readline()
+con.close()
+print("released", flush=True)
+"""
+
+
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("close\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "released"
+    assert proc.wait() == 0
+
+
+def test_a_held_warehouse_raises_busy_naming_the_file(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    with connect(warehouse):
+        pass
+
+    with held_by_another_process(warehouse) as holder:
+        with pytest.raises(WarehouseBusy) as busy, connect(warehouse, lock_timeout_s=1):
+            pass
+        assert str(warehouse) in str(busy.value)
+        cause = busy.value.__cause__
+        assert isinstance(cause, duckdb.IOException)
+        assert is_lock_error(cause)
+
+        release(holder)
+
+        with connect(warehouse, lock_timeout_s=1) as con:
+            con.execute(
+                "INSERT INTO raw_contacts (source, received_at, landed_at) "
+                "VALUES ('web', now(), now())"
+            )
+            assert con.execute("SELECT count(*) FROM raw_contacts").fetchone() == (1,)
+
+
+def test_a_new_warehouse_gets_its_schema(tmp_path: Path) -> None:
+    warehouse = tmp_path / "nested" / "warehouse.duckdb"
+
+    with connect(warehouse) as con:
+        tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+
+    assert {"raw_contacts", "quarantine", "clean_contacts", "crm_contacts"} <= tables
+
+
+def test_errors_other_than_the_lock_are_not_reported_as_busy(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.duckdb"
+
+    with (
+        pytest.raises(duckdb.IOException) as raised,
+        connect(missing, read_only=True, lock_timeout_s=1),
+    ):
+        pass
+
+    assert not isinstance(raised.value, WarehouseBusy)
+    assert not is_lock_error(raised.value)
+
+
+def test_is_lock_error_only_accepts_duckdb_lock_io_errors() -> None:
+    assert is_lock_error(duckdb.IOException('Could not set lock on file "w.duckdb"'))
+    assert not is_lock_error(duckdb.IOException('Cannot open file "w.duckdb": Is a directory'))
+    assert not is_lock_error(OSError("lock held"))
+    assert not is_lock_error(duckdb.CatalogException("Table lock does not exist"))
