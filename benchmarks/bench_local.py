@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+from dagster import AssetKey, DagsterInstance
 
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
@@ -60,10 +60,24 @@ def write_contacts_csv(path: Path, n: int) -> None:
     con.close()
 
 
-def dagster_materialise(repo: Path, env: dict[str, str], first: str, last: str) -> float:
+# Runs a command and prints the peak RSS (KiB) of its largest process, so each
+# materialisation's memory is measured on its own.
+_PEAK_RSS = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def dagster_materialise(
+    repo: Path, env: dict[str, str], first: str, last: str
+) -> tuple[float, float]:
+    """Wall time (s) and peak memory (MB) of one CLI materialisation of the whole range."""
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [
+            sys.executable,
+            "-c",
+            _PEAK_RSS,
             str(Path(sys.executable).with_name("dagster")),
             "asset",
             "materialize",
@@ -77,10 +91,24 @@ def dagster_materialise(repo: Path, env: dict[str, str], first: str, last: str) 
         cwd=repo,
         env=env,
         check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    return elapsed, int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def step_durations(dagster_home: Path) -> dict[str, float]:
+    """Each asset's own ``duration_s`` from its latest materialisation."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    with DagsterInstance.get() as instance:
+        durations = {}
+        for asset in ("raw_contacts", "enriched_persons", "enriched_companies", "crm_exports"):
+            event = instance.get_latest_materialization_event(AssetKey(asset))
+            materialisation = event.asset_materialization if event else None
+            if materialisation is not None:
+                durations[asset] = float(materialisation.metadata["duration_s"].value)
+    return durations
 
 
 PLAIN_SQL = """
@@ -152,6 +180,7 @@ def plain_sql(warehouse: Path, out: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the warehouse and CSV")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="bench-local-"))
@@ -177,11 +206,15 @@ def main() -> int:
         ingest_s = time.perf_counter() - started
         print(f"landed {landed.accepted:,} contacts in {ingest_s:.1f}s", flush=True)
 
-        enrich_s = dagster_materialise(repo, env, first, last)
-        print(f"first materialisation (enrich everything once): {enrich_s:.1f}s", flush=True)
+        enrich_s, enrich_mb = dagster_materialise(repo, env, first, last)
+        print(
+            f"first materialisation (enrich everything once): {enrich_s:.1f}s, "
+            f"peak {enrich_mb:.0f} MB",
+            flush=True,
+        )
 
-        again_s = dagster_materialise(repo, env, first, last)
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        again_s, peak_mb = dagster_materialise(repo, env, first, last)
+        steps = step_durations(work / "dagster_home")
         sql_s = plain_sql(warehouse, work / "plain.csv")
         calls = duckdb.connect(str(warehouse), read_only=True)
         persons = calls.execute("SELECT count(*) FROM person_enrichment").fetchone()[0]
@@ -196,8 +229,13 @@ def main() -> int:
             f"  ratio                                      {again_s / sql_s:7.1f} x  (target <= 5x)"
         )
         print(f"  peak memory, largest process               {peak_mb:7.0f} MB (target < 2048)")
+        for asset, seconds in steps.items():
+            print(f"    {asset:<20} {seconds:6.1f} s inside the step")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -361,3 +361,31 @@ def test_every_landed_row_is_either_clean_or_quarantined(warehouse: Path, tmp_pa
         "name:katherine johnson|nasa langley",
         "social:edsger-dijkstra",
     }
+
+
+def test_only_days_with_newly_landed_rows_are_rebuilt(con: duckdb.DuckDBPyConnection) -> None:
+    land_mixed_window(con)
+    first = rebuild_clean_contacts(con, START, END, NOW)
+    untouched_day = con.execute(
+        "SELECT * FROM clean_contacts WHERE partition_date = '2026-09-01'"
+    ).fetchall()
+
+    nothing_new = rebuild_clean_contacts(con, START, END, NOW)
+    land(con, "2026-09-02 18:00", email="late@ae.io")
+    one_new = rebuild_clean_contacts(con, START, END, NOW)
+
+    assert first.days_rebuilt == 3
+    assert nothing_new.days_rebuilt == 0 and nothing_new.rows_checked == 0
+    # The report is about the whole window, however little was rebuilt.
+    assert (nothing_new.rows_in, nothing_new.clean_contacts, nothing_new.quarantined) == (
+        first.rows_in,
+        first.clean_contacts,
+        first.quarantined,
+    )
+    assert one_new.days_rebuilt == 1
+    assert one_new.clean_contacts == first.clean_contacts + 1
+    assert "2026-09-02/late@ae.io" in clean_rows(con)
+    assert (
+        con.execute("SELECT * FROM clean_contacts WHERE partition_date = '2026-09-01'").fetchall()
+        == untouched_day
+    )

@@ -226,9 +226,42 @@ def test_rerunning_the_merge_is_idempotent(con: duckdb.DuckDBPyConnection) -> No
     before = con.execute("SELECT * FROM crm_contacts ORDER BY email").fetchall()
     second = merge_crm_contacts(con, START, END, NOW)
 
-    assert (first.records, first.created, first.updated) == (2, 2, 0)
-    assert (second.records, second.created, second.updated) == (2, 0, 2)
+    assert (first.records, first.created, first.updated, first.unchanged) == (2, 2, 0, 0)
+    assert (second.records, second.created, second.updated, second.unchanged) == (2, 0, 0, 2)
+    assert not second.changed
     assert con.execute("SELECT * FROM crm_contacts ORDER BY email").fetchall() == before
+
+
+def test_a_refreshed_profile_rebuilds_only_that_record(con: duckdb.DuckDBPyConnection) -> None:
+    leads(con, ADA_LEAD, {"email": "grace@navy.mil", "first_name": "Grace"})
+    store_persons(con, [ADA_PROFILE], NOW)
+    merge_crm_contacts(con, START, END, NOW)
+
+    later = NOW + timedelta(days=31)
+    refreshed = person(ADA_PROFILE.key, job_title="Chief Analyst", company_domain="engines.io")
+    store_persons(con, [refreshed], later)
+    report = merge_crm_contacts(con, START, END, later + timedelta(seconds=1))
+
+    assert (report.created, report.updated, report.unchanged) == (0, 1, 1)
+    assert crm_records(con)[ADA_PROFILE.key]["job_title"] == "Chief Analyst"
+
+
+def test_a_record_whose_email_no_lead_produces_any_more_is_removed(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    phone_lead = {"phone": "+1 415 555 0134", "first_name": "Alan", "last_name": "Turing"}
+    leads(con, phone_lead)
+    identity = con.execute("SELECT identity FROM clean_contacts").fetchone()[0]
+    store_persons(con, [person(identity, work_email="alan@bletchley.example")], NOW)
+    merge_crm_contacts(con, START, END, NOW)
+    assert set(crm_records(con)) == {"alan@bletchley.example"}
+
+    later = NOW + timedelta(days=31)
+    store_persons(con, [person(identity, work_email="alan@manchester.example")], later)
+    report = merge_crm_contacts(con, START, END, later + timedelta(seconds=1))
+
+    assert report.removed == 1
+    assert set(crm_records(con)) == {"alan@manchester.example"}
 
 
 def test_export_writes_hubspot_labels_one_row_per_record(

@@ -376,3 +376,33 @@ def test_a_company_error_never_overwrites_a_matched_company(
     store_companies(con, [error("acme.com")], NOW)
 
     assert company_table(con) == [("acme.com", "matched", earlier, "Acme", None, None, None)]
+
+
+def test_a_free_mail_company_domain_from_the_provider_falls_back_to_the_leads(
+    tmp_path: Path,
+) -> None:
+    now = datetime(2026, 10, 1, 12, 0)
+    with connect(tmp_path / "w.duckdb") as con:
+        con.execute(
+            """
+            INSERT INTO clean_contacts (partition_date, identity, identity_type, email,
+                company_domain, row_count, first_received_at, last_received_at, built_at)
+            VALUES ('2026-09-01', 'ann@realco.io', 'email', 'ann@realco.io', 'realco.io', 1,
+                    '2026-09-01', '2026-09-01', '2026-09-01')
+            """
+        )
+        store_persons(
+            con,
+            [
+                EnrichmentResult(
+                    "ann@realco.io",
+                    Outcome.MATCHED,
+                    record={"full_name": "Ann", "company_domain": "Gmail.com"},
+                )
+            ],
+            now,
+        )
+        stored = con.execute("SELECT company_domain FROM person_enrichment").fetchone()[0]
+        selection = stale_companies(con, date(2026, 9, 1), date(2026, 9, 2), now, Freshness())
+    assert stored is None
+    assert [q.domain for q in selection.queries] == ["realco.io"]

@@ -1,5 +1,8 @@
 """From landed rows to clean contacts: per-row library checks (once per row, ever), then
-validation, normalisation and deduplication for a partition window as set-based SQL."""
+validation, normalisation and deduplication for a partition window as set-based SQL.
+
+Only days whose landed rows changed since they were last built are rebuilt: raw_contacts is
+append-only, so a day's row count and highest ingest id say whether anything arrived."""
 
 from __future__ import annotations
 
@@ -11,16 +14,39 @@ import pandas as pd
 
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, normalise_email, normalise_phone
 
+# Bump when the validation or normalisation rules change, so every day is rebuilt once.
+RULES_VERSION = 1
+
 
 @dataclass(frozen=True)
 class CleanReport:
     rows_in: int
     rows_checked: int
+    days_rebuilt: int
     clean_contacts: int
     duplicates_merged: int
     quarantined: int
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     phones_dropped: int = 0
+
+
+_CHANGED_DAYS = """
+CREATE OR REPLACE TEMP TABLE changed_days AS
+SELECT landed.*
+FROM (
+    SELECT CAST(received_at AS DATE) AS partition_date,
+           count(*) AS landed_rows,
+           max(ingest_id) AS max_ingest_id
+    FROM raw_contacts
+    WHERE received_at >= $start AND received_at < $end
+    GROUP BY ALL
+) landed
+ANTI JOIN contact_builds b
+    ON b.partition_date = landed.partition_date
+    AND b.landed_rows = landed.landed_rows
+    AND b.max_ingest_id = landed.max_ingest_id
+    AND b.rules_version = $version
+"""
 
 
 def check_new_rows(con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime) -> int:
@@ -87,6 +113,7 @@ WITH derived AS (
             AS website_domain
     FROM raw_contacts r
     JOIN contact_checks c USING (ingest_id)
+    SEMI JOIN changed_days d ON d.partition_date = CAST(r.received_at AS DATE)
     WHERE r.received_at >= $start AND r.received_at < $end
 ), shaped AS (
     SELECT
@@ -167,7 +194,8 @@ SELECT
     string_agg(DISTINCT source, ', ' ORDER BY source),
     count(*),
     min(received_at),
-    max(received_at)
+    max(received_at),
+    $now
 FROM (
     SELECT
         *,
@@ -187,53 +215,75 @@ GROUP BY partition_date, identity
 def rebuild_clean_contacts(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime
 ) -> CleanReport:
-    """Validate, normalise and dedupe the window's rows into ``clean_contacts``, quarantining
-    unusable rows. Delete-then-insert per window, in one transaction: re-running is idempotent."""
-    rows_checked = check_new_rows(con, start, end, now)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            _WINDOW_ROWS, {"start": start, "end": end, "free_mail": sorted(FREE_MAIL_DOMAINS)}
-        )
-        con.execute(
-            "DELETE FROM quarantine WHERE stage = 'validate' "
-            "AND partition_date >= ? AND partition_date < ?",
-            [start, end],
-        )
-        con.execute(_QUARANTINE, {"no_identifier": _NO_IDENTIFIER, "now": now})
-        con.execute(
-            "DELETE FROM clean_contacts WHERE partition_date >= ? AND partition_date < ?",
-            [start, end],
-        )
-        con.execute(_CLEAN)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    rows_in, quarantined, phones_dropped = con.execute(
+    """Validate, normalise and dedupe the window's changed days into ``clean_contacts``,
+    quarantining unusable rows: delete-then-insert per day, in one transaction, so re-running
+    is idempotent. The report describes the whole window."""
+    con.execute(_CHANGED_DAYS, {"start": start, "end": end, "version": RULES_VERSION})
+    days_rebuilt = con.execute("SELECT count(*) FROM changed_days").fetchone()[0]  # type: ignore[index]
+    rows_checked = 0
+    if days_rebuilt:
+        rows_checked = check_new_rows(con, start, end, now)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                _WINDOW_ROWS, {"start": start, "end": end, "free_mail": sorted(FREE_MAIL_DOMAINS)}
+            )
+            for table in ("quarantine", "clean_contacts", "contact_builds"):
+                stage = "stage = 'validate' AND " if table == "quarantine" else ""
+                con.execute(
+                    f"DELETE FROM {table} WHERE {stage}"
+                    "partition_date IN (SELECT partition_date FROM changed_days)"
+                )
+            con.execute(_QUARANTINE, {"no_identifier": _NO_IDENTIFIER, "now": now})
+            con.execute(_CLEAN, {"now": now})
+            con.execute(
+                "INSERT INTO contact_builds SELECT partition_date, landed_rows, max_ingest_id, "
+                "$version, $now FROM changed_days",
+                {"version": RULES_VERSION, "now": now},
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("DROP TABLE window_rows")
+    con.execute("DROP TABLE changed_days")
+    return _window_report(con, start, end, rows_checked, days_rebuilt)
+
+
+def _window_report(
+    con: duckdb.DuckDBPyConnection, start: date, end: date, rows_checked: int, days_rebuilt: int
+) -> CleanReport:
+    window = {"start": start, "end": end}
+    rows_in, phones_dropped = con.execute(
         """
-        SELECT count(*), count(bad_field),
-               count(*) FILTER (WHERE bad_field IS NULL AND phone_error IS NOT NULL)
-        FROM window_rows
-        """
+        SELECT count(*),
+               count(*) FILTER (WHERE c.phone_error IS NOT NULL AND q.ingest_id IS NULL)
+        FROM raw_contacts r
+        LEFT JOIN contact_checks c USING (ingest_id)
+        LEFT JOIN quarantine q ON q.ingest_id = r.ingest_id AND q.stage = 'validate'
+        WHERE r.received_at >= $start AND r.received_at < $end
+        """,
+        window,
+    ).fetchone()  # type: ignore[misc]
+    clean, clean_rows = con.execute(
+        "SELECT count(*), coalesce(sum(row_count), 0) FROM clean_contacts "
+        "WHERE partition_date >= $start AND partition_date < $end",
+        window,
     ).fetchone()  # type: ignore[misc]
     reasons = dict(
         con.execute(
-            "SELECT bad_field, count(*) FROM window_rows WHERE bad_field IS NOT NULL "
-            "GROUP BY ALL ORDER BY ALL"
+            "SELECT field, count(*) FROM quarantine WHERE stage = 'validate' "
+            "AND partition_date >= $start AND partition_date < $end GROUP BY ALL ORDER BY ALL",
+            window,
         ).fetchall()
     )
-    clean = con.execute(
-        "SELECT count(*) FROM clean_contacts WHERE partition_date >= ? AND partition_date < ?",
-        [start, end],
-    ).fetchone()[0]  # type: ignore[index]
-    con.execute("DROP TABLE window_rows")
     return CleanReport(
         rows_in=rows_in,
         rows_checked=rows_checked,
+        days_rebuilt=days_rebuilt,
         clean_contacts=clean,
-        duplicates_merged=rows_in - quarantined - clean,
-        quarantined=quarantined,
+        duplicates_merged=int(clean_rows) - clean,
+        quarantined=sum(reasons.values()),
         quarantine_reasons=reasons,
         phones_dropped=phones_dropped,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -33,10 +33,19 @@ HUBSPOT_COLUMNS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class MergeReport:
+    """About the emails the window touches. Only records whose inputs changed since they were
+    last merged (a lead rebuilt, a person or company enriched since) are rebuilt."""
+
     records: int
     created: int
     updated: int
+    unchanged: int
+    removed: int
     from_enrichment_email: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.removed)
 
 
 # Every clean contact, with its person answer and the email its CRM record is keyed by: the
@@ -59,15 +68,32 @@ SELECT
     p.linkedin_url AS p_linkedin_url,
     p.mobile_phone AS p_mobile_phone,
     coalesce(c.email, CASE WHEN p.status = 'matched' THEN lower(trim(p.work_email)) END)
-        AS crm_email
+        AS crm_email,
+    greatest(c.built_at, p.enriched_at, co.enriched_at) AS inputs_changed_at
 FROM clean_contacts c
 LEFT JOIN person_enrichment p USING (identity)
+LEFT JOIN company_enrichment co
+    ON co.domain = coalesce(CASE WHEN p.status = 'matched' THEN p.company_domain END,
+                            c.company_domain)
 """
 
 _WINDOW_EMAILS = """
 CREATE OR REPLACE TEMP TABLE window_emails AS
 SELECT DISTINCT crm_email FROM crm_leads
 WHERE partition_date >= $start AND partition_date < $end AND crm_email IS NOT NULL
+"""
+
+_DIRTY_EMAILS = """
+CREATE OR REPLACE TEMP TABLE dirty_emails AS
+SELECT w.crm_email
+FROM window_emails w
+LEFT JOIN crm_contacts k ON k.email = w.crm_email
+LEFT JOIN (
+    SELECT crm_email, max(inputs_changed_at) AS changed_at
+    FROM crm_leads SEMI JOIN window_emails USING (crm_email)
+    GROUP BY ALL
+) l USING (crm_email)
+WHERE k.email IS NULL OR l.changed_at > k.updated_at
 """
 
 # The lead keeps what a person typed (name, phone) and fills what enrichment lacks;
@@ -84,7 +110,7 @@ WITH grouped AS (
         arg_max(l.p_status, (l.identity_type = 'email', l.p_enriched_at)) AS person_status,
         max(l.p_enriched_at) FILTER (WHERE l.p_status IS NOT NULL) AS person_enriched_at
     FROM crm_leads l
-    SEMI JOIN window_emails w ON w.crm_email = l.crm_email
+    SEMI JOIN dirty_emails d ON d.crm_email = l.crm_email
     GROUP BY l.crm_email
 )
 SELECT
@@ -169,23 +195,36 @@ _CRM_COLUMNS = """
 def merge_crm_contacts(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime
 ) -> MergeReport:
-    """Rebuild the CRM record of every email the window touches (from all of that email's
-    leads, whichever partition they landed in): delete-then-insert by email."""
+    """Rebuild the CRM record of every email the window touches whose inputs changed since
+    it was merged, from all of that email's leads whichever partition they landed in:
+    delete-then-insert by email. Records whose email no lead produces any more are removed."""
+    window = {"start": start, "end": end}
     con.execute(_LEADS)
-    con.execute(_WINDOW_EMAILS, {"start": start, "end": end})
+    con.execute(_WINDOW_EMAILS, window)
+    con.execute(_DIRTY_EMAILS)
     con.execute(_MERGED_SQL, {"now": now})
-    records, existing, from_enrichment = con.execute(
+    records, dirty, existing, from_enrichment = con.execute(
         """
         SELECT
-            count(*),
-            count(*) FILTER (WHERE email IN (SELECT email FROM crm_contacts)),
-            count(*) FILTER (WHERE email_from_enrichment)
-        FROM crm_merged
+            (SELECT count(*) FROM window_emails),
+            (SELECT count(*) FROM crm_merged),
+            (SELECT count(*) FROM crm_merged SEMI JOIN crm_contacts USING (email)),
+            (SELECT count(*) FROM (
+                SELECT crm_email FROM crm_leads SEMI JOIN window_emails USING (crm_email)
+                GROUP BY ALL HAVING bool_and(email IS NULL)))
         """
     ).fetchone()  # type: ignore[misc]
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM crm_contacts WHERE email IN (SELECT crm_email FROM window_emails)")
+        removed = con.execute(
+            """
+            DELETE FROM crm_contacts
+            WHERE partition_date >= $start AND partition_date < $end
+              AND email NOT IN (SELECT crm_email FROM crm_leads WHERE crm_email IS NOT NULL)
+            """,
+            window,
+        ).fetchone()[0]  # type: ignore[index]
+        con.execute("DELETE FROM crm_contacts WHERE email IN (SELECT email FROM crm_merged)")
         con.execute(
             f"INSERT INTO crm_contacts ({_CRM_COLUMNS}) SELECT {_CRM_COLUMNS} FROM crm_merged"
         )
@@ -193,14 +232,26 @@ def merge_crm_contacts(
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    for table in ("crm_leads", "window_emails", "crm_merged"):
+    for table in ("crm_leads", "window_emails", "dirty_emails", "crm_merged"):
         con.execute(f"DROP TABLE {table}")
     return MergeReport(
         records=records,
-        created=records - existing,
+        created=dirty - existing,
         updated=existing,
+        unchanged=records - dirty,
+        removed=removed,
         from_enrichment_email=from_enrichment,
     )
+
+
+def export_is_current(con: duckdb.DuckDBPyConnection, export_dir: str | Path) -> bool:
+    """The file exists and nothing in ``crm_contacts`` was merged after it was written."""
+    target = Path(export_dir) / EXPORT_FILE_NAME
+    if not target.exists():
+        return False
+    written = datetime.fromtimestamp(target.stat().st_mtime, UTC).replace(tzinfo=None)
+    last_merge = con.execute("SELECT max(updated_at) FROM crm_contacts").fetchone()[0]  # type: ignore[index]
+    return last_merge is not None and last_merge < written
 
 
 def export_crm_csv(con: duckdb.DuckDBPyConnection, export_dir: str | Path) -> tuple[Path, int]:

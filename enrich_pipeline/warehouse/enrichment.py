@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import duckdb
 import pandas as pd
 
-from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
+from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, is_free_mail
 from enrich_pipeline.provider.models import (
     CompanyQuery,
     EnrichmentResult,
@@ -201,8 +201,9 @@ def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFr
             **{name: _text(rec.get(name)) for name in PERSON_FIELDS},
             "raw": json.dumps(rec) if r.record is not None else None,
         }
-        if row["company_domain"]:
-            row["company_domain"] = row["company_domain"].lower()
+        # A free-mail domain is nobody's employer: drop it so the lead's own domain is used.
+        domain = row["company_domain"].lower() if row["company_domain"] else None
+        row["company_domain"] = None if is_free_mail(domain) else domain
         rows.append(row)
     return pd.DataFrame(rows)
 

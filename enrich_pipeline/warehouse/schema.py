@@ -81,7 +81,18 @@ CREATE TABLE IF NOT EXISTS clean_contacts (
     sources          VARCHAR,
     row_count        INTEGER NOT NULL,
     first_received_at TIMESTAMP NOT NULL,
-    last_received_at  TIMESTAMP NOT NULL
+    last_received_at  TIMESTAMP NOT NULL,
+    built_at          TIMESTAMP NOT NULL
+);
+
+-- What each day of clean_contacts was built from. raw_contacts is append-only, so a day whose
+-- landed row count and highest ingest id are unchanged needs no rebuild.
+CREATE TABLE IF NOT EXISTS contact_builds (
+    partition_date DATE NOT NULL,
+    landed_rows    BIGINT NOT NULL,
+    max_ingest_id  BIGINT NOT NULL,
+    rules_version  INTEGER NOT NULL,
+    built_at       TIMESTAMP NOT NULL
 );
 
 -- One row per identity. status: matched | no_match | error. Freshness is enriched_at.

@@ -2,6 +2,7 @@
 import-ready CSV with HubSpot's column labels."""
 
 import time
+from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
@@ -14,7 +15,12 @@ from enrich_pipeline.dagster_layer.partitions import (
     partition_window,
 )
 from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
-from enrich_pipeline.warehouse.crm import export_crm_csv, merge_crm_contacts
+from enrich_pipeline.warehouse.crm import (
+    EXPORT_FILE_NAME,
+    export_crm_csv,
+    export_is_current,
+    merge_crm_contacts,
+)
 
 
 @contact_asset(
@@ -33,7 +39,12 @@ def crm_exports(
     start, end = partition_window(context)
     with warehouse.connect() as con:
         merged = merge_crm_contacts(con, start, end, utc_now())
-        path, exported = export_crm_csv(con, pipeline.export_dir)
+        rewrite = merged.changed or not export_is_current(con, pipeline.export_dir)
+        if rewrite:
+            path, exported = export_crm_csv(con, pipeline.export_dir)
+        else:
+            path = Path(pipeline.export_dir) / EXPORT_FILE_NAME
+            exported = con.execute("SELECT count(*) FROM crm_contacts").fetchone()[0]
         sample = con.execute(
             """
             SELECT email, first_name, last_name, job_title, company_name, industry,
@@ -44,8 +55,9 @@ def crm_exports(
             [start, end],
         ).df()
     context.log.info(
-        f"{merged.records} CRM records merged ({merged.created} new, {merged.updated} updated); "
-        f"{exported} rows written to {path}"
+        f"{merged.records} CRM records in the window: {merged.created} new, {merged.updated} "
+        f"updated, {merged.unchanged} unchanged, {merged.removed} removed; {path} "
+        + (f"rewritten ({exported} rows)" if rewrite else "already current")
     )
     return MaterializeResult(
         metadata={
@@ -53,6 +65,9 @@ def crm_exports(
             "crm_records_in_window": merged.records,
             "created": merged.created,
             "updated": merged.updated,
+            "unchanged": merged.unchanged,
+            "removed": merged.removed,
+            "export_rewritten": rewrite,
             "email_found_by_enrichment": merged.from_enrichment_email,
             "export_path": MetadataValue.path(str(path.resolve())),
             "export_rows": exported,

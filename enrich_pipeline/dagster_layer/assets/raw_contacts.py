@@ -48,6 +48,7 @@ def raw_contacts(context: AssetExecutionContext, warehouse: WarehouseResource) -
         metadata={
             "partition_window": describe_window(start, end),
             "rows_in": report.rows_in,
+            "days_rebuilt": report.days_rebuilt,
             "rows_checked_now": report.rows_checked,
             "clean_contacts": report.clean_contacts,
             "duplicates_merged": report.duplicates_merged,
