@@ -32,7 +32,9 @@ def build_definitions(settings: Settings) -> Definitions:
         # in the run's own process instead of paying a process start-up per step.
         executor=in_process_executor,
         resources={
-            "warehouse": WarehouseResource(path=settings.warehouse_path),
+            "warehouse": WarehouseResource(
+                path=settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
+            ),
             "enrichment": EnrichmentResource(
                 api_key=api_key,
                 base_url=settings.base_url,

@@ -51,6 +51,7 @@ def _non_negative_int(raw: str) -> int:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "warehouse_path": str,
     "export_dir": str,
+    "duckdb_memory_limit": lambda raw: raw.strip(),
     "partition_start": lambda raw: date.fromisoformat(raw.strip()).isoformat(),
     "person_ttl_days": _positive_int,
     "company_ttl_days": _positive_int,
@@ -69,6 +70,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 class Settings:
     warehouse_path: str = "data/warehouse.duckdb"
     export_dir: str = "data/exports"
+    duckdb_memory_limit: str = "1GB"
     partition_start: str = "2024-01-01"
     person_ttl_days: int = 30
     company_ttl_days: int = 90
@@ -107,6 +109,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     "export_dir": Setting(
         "ENRICH_EXPORT_DIR", Settings.export_dir, "where crm_contacts.csv is written"
+    ),
+    "duckdb_memory_limit": Setting(
+        "ENRICH_DUCKDB_MEMORY_LIMIT",
+        Settings.duckdb_memory_limit,
+        "DuckDB memory cap per connection (beyond it, DuckDB spills to disk)",
     ),
     "partition_start": Setting(
         "ENRICH_PARTITION_START", Settings.partition_start, "first daily partition (UTC date)"

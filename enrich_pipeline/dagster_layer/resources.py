@@ -34,10 +34,13 @@ class WarehouseResource(ConfigurableResource):
     lock_timeout_s: float = Field(
         default=30.0, description="how long to wait for another process's write lock"
     )
+    memory_limit: str = Field(default="1GB", description="DuckDB memory cap per connection")
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.path, lock_timeout_s=self.lock_timeout_s) as con:
+        with connect(
+            self.path, lock_timeout_s=self.lock_timeout_s, memory_limit=self.memory_limit
+        ) as con:
             yield con
 
 

@@ -40,9 +40,11 @@ def connect(
     *,
     lock_timeout_s: float = 30.0,
     read_only: bool = False,
+    memory_limit: str | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse (creating file and schema if needed), retrying lock errors with
-    jittered exponential backoff for up to ``lock_timeout_s`` seconds."""
+    jittered exponential backoff for up to ``lock_timeout_s`` seconds. ``memory_limit`` (e.g.
+    ``"1GB"``) caps DuckDB's memory; past it, DuckDB spills to disk instead of growing."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,8 @@ def connect(
             ) from exc
         raise
     try:
+        if memory_limit:
+            con.execute("SET memory_limit = ?", [memory_limit])
         if not read_only:
             ensure_schema(con)
         yield con
