@@ -61,39 +61,42 @@ def stale_persons(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
 ) -> StaleSelection[PersonQuery]:
     """Every identity in the window, once, and the look-ups needed for those not fresh."""
+    # Staleness first, on identities alone; the look-up fields only for the stale few.
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE wanted_persons AS
-        WITH wanted AS (
-            SELECT
-                identity,
-                any_value(identity_type) AS identity_type,
-                any_value(email) AS email,
-                arg_max(phone, last_received_at) FILTER (WHERE phone IS NOT NULL) AS phone,
-                arg_max(linkedin_url, last_received_at)
-                    FILTER (WHERE linkedin_url IS NOT NULL) AS social_url,
-                arg_max(full_name, last_received_at)
-                    FILTER (WHERE full_name IS NOT NULL) AS full_name,
-                arg_max(coalesce(company_name, company_domain), last_received_at)
-                    FILTER (WHERE coalesce(company_name, company_domain) IS NOT NULL) AS company
-            FROM clean_contacts
-            WHERE partition_date >= $start AND partition_date < $end
-            GROUP BY identity
-        )
-        SELECT w.*, {
+        CREATE OR REPLACE TEMP TABLE stale_persons AS
+        SELECT identity, {
             _stale_condition("p", freshness.person_ttl_days, freshness.no_match_retry_days)
         } AS stale
-        FROM wanted w
+        FROM (
+            SELECT DISTINCT identity FROM clean_contacts
+            WHERE partition_date >= $start AND partition_date < $end
+        ) w
         LEFT JOIN person_enrichment p USING (identity)
         """,
         {"start": start, "end": end, "now": now},
     )
-    total = con.execute("SELECT count(*) FROM wanted_persons").fetchone()[0]  # type: ignore[index]
+    total = con.execute("SELECT count(*) FROM stale_persons").fetchone()[0]  # type: ignore[index]
     rows = con.execute(
-        "SELECT identity, identity_type, email, phone, social_url, full_name, company "
-        "FROM wanted_persons WHERE stale ORDER BY identity"
+        """
+        SELECT
+            identity,
+            any_value(identity_type),
+            any_value(email),
+            arg_max(phone, last_received_at) FILTER (WHERE phone IS NOT NULL),
+            arg_max(linkedin_url, last_received_at) FILTER (WHERE linkedin_url IS NOT NULL),
+            arg_max(full_name, last_received_at) FILTER (WHERE full_name IS NOT NULL),
+            arg_max(coalesce(company_name, company_domain), last_received_at)
+                FILTER (WHERE coalesce(company_name, company_domain) IS NOT NULL)
+        FROM clean_contacts
+        SEMI JOIN stale_persons s ON s.identity = clean_contacts.identity AND s.stale
+        WHERE partition_date >= $start AND partition_date < $end
+        GROUP BY identity
+        ORDER BY identity
+        """,
+        {"start": start, "end": end},
     ).fetchall()
-    con.execute("DROP TABLE wanted_persons")
+    con.execute("DROP TABLE stale_persons")
     return StaleSelection(queries=[_person_query(*row) for row in rows], total=total)
 
 

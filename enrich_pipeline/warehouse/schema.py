@@ -165,5 +165,14 @@ CREATE TABLE IF NOT EXISTS crm_contacts (
 """
 
 
+# Columns added after a table first shipped, appended so positional inserts still line up.
+# A warehouse made by an older version gains them on its next write connection.
+ADDED_COLUMNS = """
+ALTER TABLE clean_contacts ADD COLUMN IF NOT EXISTS built_at TIMESTAMP
+    DEFAULT TIMESTAMP '1970-01-01';
+"""
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(DDL)
+    con.execute(ADDED_COLUMNS)
