@@ -25,6 +25,13 @@ class Setting:
     meaning: str
 
 
+def _share(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("expected a share between 0 and 1")
+    return value
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -63,6 +70,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "chunk_size": _positive_int,
     "max_attempts": _positive_int,
     "request_timeout_s": _positive_int,
+    "sensor_interval_s": _positive_int,
+    "sensor_max_rows_per_tick": _positive_int,
+    "min_match_rate": _share,
+    "max_quarantine_share": _share,
+    "max_stale_share": _share,
 }
 
 
@@ -82,6 +94,11 @@ class Settings:
     chunk_size: int = 200
     max_attempts: int = 5
     request_timeout_s: int = 30
+    sensor_interval_s: int = 15
+    sensor_max_rows_per_tick: int = 100_000
+    min_match_rate: float = 0.5
+    max_quarantine_share: float = 0.05
+    max_stale_share: float = 0.2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -151,5 +168,30 @@ SETTINGS: dict[str, Setting] = {
     ),
     "request_timeout_s": Setting(
         "ENRICH_REQUEST_TIMEOUT_S", Settings.request_timeout_s, "per-request timeout, seconds"
+    ),
+    "sensor_interval_s": Setting(
+        "ENRICH_SENSOR_INTERVAL_S",
+        Settings.sensor_interval_s,
+        "how often new_contacts_sensor looks for newly landed rows, seconds",
+    ),
+    "sensor_max_rows_per_tick": Setting(
+        "ENRICH_SENSOR_MAX_ROWS_PER_TICK",
+        Settings.sensor_max_rows_per_tick,
+        "landed rows one sensor tick takes on at most (a bigger backlog takes more ticks)",
+    ),
+    "min_match_rate": Setting(
+        "ENRICH_MIN_MATCH_RATE",
+        Settings.min_match_rate,
+        "asset check warns when the person match rate falls below this share",
+    ),
+    "max_quarantine_share": Setting(
+        "ENRICH_MAX_QUARANTINE_SHARE",
+        Settings.max_quarantine_share,
+        "asset check warns when more than this share of landed rows is quarantined",
+    ),
+    "max_stale_share": Setting(
+        "ENRICH_MAX_STALE_SHARE",
+        Settings.max_stale_share,
+        "asset check warns when more than this share of records is past its TTL",
     ),
 }
