@@ -1,0 +1,1 @@
+"""Dagster-free clients that write finished contact records back to CRMs."""

@@ -1,0 +1,327 @@
+"""HubSpot contact write-back: batch upserts by email, paced to HubSpot's rate limit.
+
+What was last sent (change tracking) lives in the warehouse; this module sends the records it is
+given and says, per record, what HubSpot did with each. A record that failed is reported, never
+raised, so the caller keeps it for the next run; upserting by email makes re-sending harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from enrich_pipeline.provider.http import REDACTED, USER_AGENT
+from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.provider.transports import TRANSIENT_ERRORS, Clock, RetryTransport, Sleep
+
+HUBSPOT_DEFAULT_BASE_URL = "https://api.hubapi.com"
+TOKEN_SETTING = "HUBSPOT_ACCESS_TOKEN"
+UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
+MAX_BATCH_SIZE = 100
+RATE_WINDOW_S = 10.0
+REQUEST_TIMEOUT_S = 30.0
+WRITE_SCOPE = "crm.objects.contacts.write"
+
+logger = logging.getLogger(__name__)
+
+
+class HubSpotAuthError(Exception):
+    """401 (token missing or wrong) or 403 (token lacks the scope); never retried."""
+
+    def __init__(self, status_code: int, hubspot_message: str | None) -> None:
+        self.status_code = status_code
+        if status_code == 401:
+            problem = f"HubSpot rejected the access token (HTTP 401): {TOKEN_SETTING} is wrong"
+        else:
+            problem = (
+                f"HubSpot refused the write (HTTP {status_code}): the private app token in "
+                f"{TOKEN_SETTING} needs the {WRITE_SCOPE} scope"
+            )
+        detail = f"; HubSpot says: {hubspot_message}" if hubspot_message else ""
+        super().__init__(f"{problem}{detail}")
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    email: str
+    status: Literal["created", "updated", "failed"]
+    hubspot_id: str | None
+    error: str | None
+
+
+def record_fingerprint(record: Mapping[str, str | None]) -> str:
+    """sha256 over exactly what would be sent, so an unchanged record is recognised as such."""
+    canonical = json.dumps(
+        sorted(_sendable_properties(record).items()), ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class SlidingWindowTransport(httpx.AsyncBaseTransport):
+    """Lets at most ``limit`` requests start in any ``window_s`` seconds.
+
+    HubSpot states its limit as a plain count per 10 s, so counting our own requests keeps us
+    under it without waiting for a 429 first. Place it inside ``RetryTransport`` so that retries
+    count too.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        limit: int,
+        window_s: float,
+        stats: CallStats,
+        clock: Clock,
+        sleep: Sleep,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._inner = inner
+        self._limit = limit
+        self._window_s = window_s
+        self._stats = stats
+        self._clock = clock
+        self._sleep = sleep
+        self._started: deque[float] = deque()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._wait_for_slot()
+        return await self._inner.handle_async_request(request)
+
+    async def _wait_for_slot(self) -> None:
+        # Re-check after every pause: a concurrent request may have taken the slot meanwhile.
+        while True:
+            now = self._clock()
+            while self._started and self._started[0] <= now - self._window_s:
+                self._started.popleft()
+            if len(self._started) < self._limit:
+                self._started.append(now)
+                return
+            pause = self._started[0] + self._window_s - now
+            self._stats.throttle_waits += 1
+            self._stats.throttle_wait_s += pause
+            await self._sleep(pause)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def upsert_contacts(
+    records: Sequence[Mapping[str, str | None]],
+    *,
+    token: str,
+    base_url: str = HUBSPOT_DEFAULT_BASE_URL,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = time.monotonic,
+    requests_per_10s: int = 100,
+    max_attempts: int = 5,
+) -> list[UpsertOutcome]:
+    """Create or update HubSpot contacts by email, at most 100 per call; outcomes in input order.
+
+    Each record maps HubSpot property names to values and must carry ``email``. Empty values are
+    not sent, so they never blank out what HubSpot already holds. 429, 5xx and network failures are
+    retried (bounded); once a batch has used up its attempts the remaining batches are not sent and
+    all those records come back failed. Raises ``HubSpotAuthError`` at the first 401/403 and
+    ``ValueError`` for a record without an email or two records sharing one.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    inputs = _upsert_inputs(records)
+    if not inputs:
+        return []
+    stats = CallStats()
+    batches = [inputs[i : i + MAX_BATCH_SIZE] for i in range(0, len(inputs), MAX_BATCH_SIZE)]
+    outcomes: list[UpsertOutcome] = []
+    paced = SlidingWindowTransport(
+        transport or httpx.AsyncHTTPTransport(),
+        limit=requests_per_10s,
+        window_s=RATE_WINDOW_S,
+        stats=stats,
+        clock=clock,
+        sleep=sleep,
+    )
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        transport=RetryTransport(paced, stats=stats, max_attempts=max_attempts, sleep=sleep),
+        timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        },
+    ) as client:
+        for index, batch in enumerate(batches):
+            batch_outcomes, gave_up = await _send_batch(client, batch, token)
+            outcomes.extend(batch_outcomes)
+            if gave_up is not None:
+                # HubSpot still refused after every retry: more batches would only wait out the
+                # same failure. The records stay unsent and are picked up by the next run.
+                unsent = [item for later in batches[index + 1 :] for item in later]
+                reason = f"not sent: an earlier batch still failed after {max_attempts} attempts"
+                outcomes.extend(_failed(unsent, f"{reason} ({gave_up})"))
+                break
+    counts = Counter(outcome.status for outcome in outcomes)
+    logger.info(
+        "HubSpot upsert: %d created, %d updated, %d failed in %d requests "
+        "(%d rate-limited, %d paced waits)",
+        counts["created"],
+        counts["updated"],
+        counts["failed"],
+        stats.requests,
+        stats.rate_limited,
+        stats.throttle_waits,
+    )
+    return outcomes
+
+
+def _sendable_properties(record: Mapping[str, str | None]) -> dict[str, str]:
+    return {
+        name: str(value)
+        for name, value in record.items()
+        if value is not None and str(value).strip()
+    }
+
+
+def _upsert_inputs(records: Sequence[Mapping[str, str | None]]) -> list[dict[str, Any]]:
+    inputs: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for position, record in enumerate(records):
+        properties = _sendable_properties(record)
+        email = properties.get("email")
+        if email is None:
+            raise ValueError(f"record {position} has no email; HubSpot contacts upsert by email")
+        # HubSpot rejects a whole batch that names one contact twice, and emails match
+        # case-insensitively there.
+        if (first := seen.setdefault(email.casefold(), position)) != position:
+            raise ValueError(f"records {first} and {position} have the same email")
+        inputs.append({"idProperty": "email", "id": email, "properties": properties})
+    return inputs
+
+
+async def _send_batch(
+    client: httpx.AsyncClient, batch: list[dict[str, Any]], token: str
+) -> tuple[list[UpsertOutcome], str | None]:
+    """The batch's outcomes, and the error when retries were used up (else ``None``)."""
+    try:
+        response = await client.post(UPSERT_PATH, json={"inputs": batch})
+    except TRANSIENT_ERRORS as exc:
+        error = f"{type(exc).__name__} talking to HubSpot"
+        return _failed(batch, error), error
+    body = _json_object(response)
+    status = response.status_code
+    if status in (401, 403):
+        raise HubSpotAuthError(status, _redact(body.get("message"), token))
+    if status == 429 or status >= 500:
+        error = f"HTTP {status}: {_error_text(body, response.reason_phrase, token)}"
+        return _failed(batch, error), error
+    if status not in (200, 207):
+        return _failed(
+            batch, f"HTTP {status}: {_error_text(body, response.reason_phrase, token)}"
+        ), None
+    return _read_answer(batch, body, status, token), None
+
+
+def _read_answer(
+    batch: list[dict[str, Any]], body: Mapping[str, Any], status: int, token: str
+) -> list[UpsertOutcome]:
+    """Match a 200/207 answer back to the batch by email: HubSpot keeps no input order."""
+    results: dict[str, Mapping[str, Any]] = {}
+    for result in _objects(body.get("results")):
+        properties = result.get("properties")
+        email = properties.get("email") if isinstance(properties, Mapping) else None
+        if isinstance(email, str):
+            results[email.casefold()] = result
+    batch_emails = {item["id"].casefold() for item in batch}
+    errors_by_email: dict[str, list[str]] = {}
+    unplaced: list[str] = []
+    for error in _objects(body.get("errors")):
+        text = _error_text(error, "error", token)
+        named = _error_emails(error) & batch_emails
+        for email in named:
+            errors_by_email.setdefault(email, []).append(text)
+        if not named:
+            unplaced.append(text)
+    # A record neither named by an error nor in the results did not get written as far as we can
+    # tell: failing it means it is sent again next run, which an upsert makes harmless.
+    fallback = "; ".join(unplaced) or f"missing from HubSpot's answer (HTTP {status})"
+    outcomes: list[UpsertOutcome] = []
+    for item in batch:
+        email: str = item["id"]
+        key = email.casefold()
+        if key in errors_by_email:
+            outcomes.append(UpsertOutcome(email, "failed", None, "; ".join(errors_by_email[key])))
+        elif (result := results.get(key)) is not None:
+            status_word: Literal["created", "updated"] = (
+                "created" if result.get("new") is True else "updated"
+            )
+            hubspot_id = result.get("id")
+            outcomes.append(
+                UpsertOutcome(
+                    email, status_word, None if hubspot_id is None else str(hubspot_id), None
+                )
+            )
+        else:
+            outcomes.append(UpsertOutcome(email, "failed", None, fallback))
+    return outcomes
+
+
+def _error_emails(error: Mapping[str, Any]) -> set[str]:
+    """Every string an error names in ``id`` or in its ``context`` lists, casefolded.
+
+    HubSpot's batch errors carry ``context`` as a map of names to string lists (``{"ids": [...]}``
+    is the documented form for batch reads; upserts are not documented beyond the map's shape),
+    so every value is tried and only those equal to an email of the batch count.
+    """
+    names: set[str] = set()
+    if isinstance(error_id := error.get("id"), str):
+        names.add(error_id.casefold())
+    context = error.get("context")
+    if isinstance(context, Mapping):
+        for values in context.values():
+            items = [values] if isinstance(values, str) else values
+            if isinstance(items, list):
+                names.update(item.casefold() for item in items if isinstance(item, str))
+    return names
+
+
+def _error_text(body: Mapping[str, Any], default: str, token: str) -> str:
+    message = body.get("message")
+    category = body.get("category")
+    text = str(message) if message else default
+    if category:
+        text = f"{category}: {text}"
+    return _redact(text, token) or default
+
+
+def _redact(text: object, token: str) -> str | None:
+    # HubSpot is not known to echo the token, but nothing that reaches a log or metadata may.
+    if not isinstance(text, str) or not text:
+        return None
+    return text.replace(token, REDACTED) if token else text
+
+
+def _failed(batch: list[dict[str, Any]], error: str) -> list[UpsertOutcome]:
+    return [UpsertOutcome(item["id"], "failed", None, error) for item in batch]
+
+
+def _objects(value: object) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _json_object(response: httpx.Response) -> Mapping[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, Mapping) else {}
