@@ -13,6 +13,7 @@ from enrich_pipeline.dagster_layer.assets import (
     enriched_persons,
     raw_contacts,
 )
+from enrich_pipeline.dagster_layer.checks import QUALITY_CHECKS, QualityThresholds, with_freshness
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineSettings,
@@ -27,7 +28,10 @@ def build_definitions(settings: Settings) -> Definitions:
     # EnvVar fails a run when its variable is unset; unset is how a user asks for the sandbox.
     api_key = EnvVar(API_KEY_ENV) if os.environ.get(API_KEY_ENV) else None
     return Definitions(
-        assets=[raw_contacts, enriched_persons, enriched_companies, crm_exports],
+        assets=with_freshness(
+            [raw_contacts, enriched_persons, enriched_companies, crm_exports], settings
+        ),
+        asset_checks=QUALITY_CHECKS,
         # The graph is a chain over one single-writer DuckDB file: steps run one after another
         # in the run's own process instead of paying a process start-up per step.
         executor=in_process_executor,
@@ -51,6 +55,7 @@ def build_definitions(settings: Settings) -> Definitions:
                 chunk_size=settings.chunk_size,
                 export_dir=settings.export_dir,
             ),
+            "quality": QualityThresholds.from_settings(settings),
         },
     )
 

@@ -278,13 +278,15 @@ def test_export_writes_hubspot_labels_one_row_per_record(
     assert target == export_dir / EXPORT_FILE_NAME
     with target.open(newline="", encoding="utf-8") as fh:
         table = list(csv.reader(fh))
-    assert table[0] == [label for _, label in HUBSPOT_COLUMNS]
+    # HubSpot's labels, then ours (a custom property in HubSpot).
+    assert table[0] == [label for _, label in HUBSPOT_COLUMNS] + ["Job Change Date"]
     records = [dict(zip(table[0], row, strict=True)) for row in table[1:]]
     assert rows == len(records) == 2
     assert [r["Email"] for r in records] == ["ada@ae.io", "grace@navy.mil"]
     assert records[0]["First Name"] == "Ada"
     assert records[0]["Job Title"] == "Chief Mathematician"
     assert records[1]["First Name"] == "Grace"
+    assert records[0]["Job Change Date"] == ""
     assert os.listdir(export_dir) == [EXPORT_FILE_NAME]
 
 

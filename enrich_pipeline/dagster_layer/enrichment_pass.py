@@ -18,7 +18,9 @@ from enrich_pipeline.provider.errors import ProviderError
 from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind
 from enrich_pipeline.warehouse.enrichment import StaleSelection
 
-Store = Callable[[duckdb.DuckDBPyConnection, list[EnrichmentResult], datetime], None]
+# Writes one chunk; a store that keeps a history of changes (persons: job changes) returns how
+# many it recorded.
+Store = Callable[[duckdb.DuckDBPyConnection, list[EnrichmentResult], datetime], int | None]
 
 
 def utc_now() -> datetime:
@@ -41,6 +43,7 @@ def run_enrichment_pass(
 ) -> MaterializeResult:
     stats = CallStats()
     report = PassReport(requested=len(selection.queries))
+    changes = 0
     context.log.info(
         f"{kind} enrichment over {window}: {selection.total} records, "
         f"{selection.fresh} still fresh (no call), {len(selection.queries)} to look up "
@@ -48,8 +51,9 @@ def run_enrichment_pass(
     )
 
     def write_chunk(results: list[EnrichmentResult]) -> None:
+        nonlocal changes
         with warehouse.connect() as con:
-            store(con, results, utc_now())
+            changes += store(con, results, utc_now()) or 0
 
     async def run() -> None:
         async with enrichment.client(stats, get_dagster_logger()) as client:
@@ -64,10 +68,12 @@ def run_enrichment_pass(
 
     def metadata() -> dict[str, Any]:
         return enrichment_metadata(
+            kind=kind,
             window=window,
             provider=enrichment.provider,
             selection=selection,
             report=report,
+            changes=changes,
             stats=stats,
             started=started,
         )

@@ -9,7 +9,7 @@ import pandas as pd
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from enrich_pipeline.enrichment_run import PassReport
-from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.provider.models import CallStats, Kind
 from enrich_pipeline.warehouse.enrichment import StaleSelection
 
 PREVIEW_ROWS = 10
@@ -31,17 +31,24 @@ def duration_since(started: float) -> MetadataValue:
     return MetadataValue.float(round(time.monotonic() - started, 3))
 
 
+# What a kind's store records beyond the answers themselves, by metadata label.
+CHANGES_LABEL: dict[Kind, str] = {"person": "job_changes_detected"}
+
+
 def enrichment_metadata(
     *,
+    kind: Kind,
     window: str,
     provider: str,
     selection: StaleSelection[Any],
     report: PassReport,
+    changes: int,
     stats: CallStats,
     started: float,
 ) -> dict[str, Any]:
     """Figures are for this run (a backfill over a range is one run: every partition in it
     shows the same run totals)."""
+    recorded = {CHANGES_LABEL[kind]: changes} if kind in CHANGES_LABEL else {}
     return {
         "partition_window": window,
         "provider": provider,
@@ -52,6 +59,7 @@ def enrichment_metadata(
         "no_match": report.no_match,
         "errors": report.errors,
         "results_written": report.written,
+        **recorded,
         "api_calls": stats.requests,
         "rate_limited_429": stats.rate_limited,
         "retries": stats.retries,

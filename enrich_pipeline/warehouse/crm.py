@@ -29,6 +29,11 @@ HUBSPOT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("employee_count", "Number of Employees"),
     ("linkedin_url", "LinkedIn URL"),
 )
+# Ours, after HubSpot's: in HubSpot this needs a custom contact property (date picker) with the
+# same label before the import can map it.
+CUSTOM_COLUMNS: tuple[tuple[str, str], ...] = (("CAST(job_changed_at AS DATE)", "Job Change Date"),)
+# (SQL expression over crm_contacts, CSV header), in export order.
+EXPORT_COLUMNS = HUBSPOT_COLUMNS + CUSTOM_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,14 @@ SELECT
     p.mobile_phone AS p_mobile_phone,
     coalesce(c.email, CASE WHEN p.status = 'matched' THEN lower(trim(p.work_email)) END)
         AS crm_email,
+    jc.job_changed_at,
+    -- A job change is stored with the profile that revealed it, so p.enriched_at covers it.
     greatest(c.built_at, p.enriched_at, co.enriched_at) AS inputs_changed_at
 FROM clean_contacts c
 LEFT JOIN person_enrichment p USING (identity)
+LEFT JOIN (
+    SELECT identity, max(detected_at) AS job_changed_at FROM job_changes GROUP BY identity
+) jc USING (identity)
 LEFT JOIN company_enrichment co
     ON co.domain = coalesce(CASE WHEN p.status = 'matched' THEN p.company_domain END,
                             c.company_domain)
@@ -108,7 +118,8 @@ WITH grouped AS (
         {lead_fields},
         {person_fields},
         arg_max(l.p_status, (l.identity_type = 'email', l.p_enriched_at)) AS person_status,
-        max(l.p_enriched_at) FILTER (WHERE l.p_status IS NOT NULL) AS person_enriched_at
+        max(l.p_enriched_at) FILTER (WHERE l.p_status IS NOT NULL) AS person_enriched_at,
+        max(l.job_changed_at) AS job_changed_at
     FROM crm_leads l
     SEMI JOIN dirty_emails d ON d.crm_email = l.crm_email
     GROUP BY l.crm_email
@@ -133,6 +144,7 @@ SELECT
     co.enriched_at AS company_enriched_at,
     g.partition_date,
     $now AS updated_at,
+    g.job_changed_at,
     g.email_from_enrichment
 FROM grouped g
 LEFT JOIN company_enrichment co
@@ -188,7 +200,7 @@ _MERGED_SQL = _MERGED.replace(
 _CRM_COLUMNS = """
     email, first_name, last_name, phone, mobile_phone, job_title, company_name, website,
     city, state, country, industry, employee_count, linkedin_url, person_status,
-    person_enriched_at, company_enriched_at, partition_date, updated_at
+    person_enriched_at, company_enriched_at, partition_date, updated_at, job_changed_at
 """
 
 
@@ -255,13 +267,14 @@ def export_is_current(con: duckdb.DuckDBPyConnection, export_dir: str | Path) ->
 
 
 def export_crm_csv(con: duckdb.DuckDBPyConnection, export_dir: str | Path) -> tuple[Path, int]:
-    """Write every CRM record to ``crm_contacts.csv`` with HubSpot import labels. Written to a
-    temporary file and renamed into place, so a reader never sees half a file."""
+    """Write every CRM record to ``crm_contacts.csv`` with HubSpot import labels (then our own
+    columns). Written to a temporary file and renamed into place, so a reader never sees half a
+    file."""
     directory = Path(export_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / EXPORT_FILE_NAME
     partial = directory / f".{EXPORT_FILE_NAME}.{os.getpid()}.tmp"
-    select = ", ".join(f'{column} AS "{label}"' for column, label in HUBSPOT_COLUMNS)
+    select = ", ".join(f'{expression} AS "{label}"' for expression, label in EXPORT_COLUMNS)
     try:
         con.execute(
             f"COPY (SELECT {select} FROM crm_contacts ORDER BY email) "

@@ -2,6 +2,8 @@
 
 Stale selection is one SQL query per window; results are written per chunk, delete-then-insert
 by key, so a crash loses at most one chunk and a re-run picks up where the last one stopped.
+A refreshed person profile naming another employer or title than the one it replaces is kept
+in ``job_changes``, in the same transaction.
 """
 
 from __future__ import annotations
@@ -235,9 +237,18 @@ def company_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: str, frame: pd.DataFrame) -> None:
+def _upsert(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    key: str,
+    frame: pd.DataFrame,
+    record_changes: str | None = None,
+) -> int:
     """Replace rows by key, except that an error never overwrites a matched record: the old
-    profile stays (and stays stale, so the next run asks again)."""
+    profile stays (and stays stale, so the next run asks again). ``record_changes`` runs in the
+    same transaction while both the old rows and the ``accepted`` new ones are visible; the
+    rows it inserts are counted and returned."""
+    changes = 0
     con.execute("BEGIN TRANSACTION")
     try:
         con.register("incoming", frame)
@@ -249,6 +260,8 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: str, frame: pd.Data
             WHERE NOT (i.status = 'error' AND t.{key} IS NOT NULL)
             """
         )
+        if record_changes:
+            changes = con.execute(record_changes).fetchone()[0]  # type: ignore[index]
         con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM accepted)")
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM accepted")
         con.execute("DROP TABLE accepted")
@@ -257,15 +270,63 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: str, frame: pd.Data
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    return changes
+
+
+def _same(old: str, new: str) -> str:
+    """Case- and space-insensitive equality where an empty new value counts as different."""
+    return f"lower(trim({old})) IS NOT DISTINCT FROM nullif(lower(trim({new})), '')"
+
+
+_OLD_COMPANY = "coalesce(t.company_name, t.company_domain)"
+_NEW_COMPANY = "coalesce(a.company_name, a.company_domain)"
+
+# A matched answer replacing a matched answer, with a different employer or title. Employers
+# compare by domain when both answers have one, else by name (else domain): a profile that
+# only gained or lost its domain is not a move. Nothing is recorded when the old value was
+# empty (a profile filling a gap is not a change).
+_RECORD_JOB_CHANGES = f"""
+INSERT INTO job_changes (identity, email, old_company, new_company, old_company_domain,
+                         new_company_domain, old_title, new_title, detected_at)
+SELECT
+    a.identity,
+    CASE WHEN a.identity_type = 'email' THEN a.identity
+         ELSE lower(trim(coalesce(a.work_email, t.work_email))) END,
+    {_OLD_COMPANY},
+    {_NEW_COMPANY},
+    t.company_domain,
+    a.company_domain,
+    t.job_title,
+    a.job_title,
+    a.enriched_at
+FROM accepted a
+JOIN person_enrichment t ON t.identity = a.identity AND t.status = 'matched'
+WHERE a.status = 'matched' AND (
+    (nullif(trim({_OLD_COMPANY}), '') IS NOT NULL AND NOT (
+        CASE WHEN t.company_domain IS NOT NULL AND a.company_domain IS NOT NULL
+            THEN {_same("t.company_domain", "a.company_domain")}
+            ELSE {_same(_OLD_COMPANY, _NEW_COMPANY)}
+        END))
+    OR (nullif(trim(t.job_title), '') IS NOT NULL AND NOT {_same("t.job_title", "a.job_title")})
+)
+"""
 
 
 def store_persons(
     con: duckdb.DuckDBPyConnection,
     results: Sequence[EnrichmentResult],
     now: datetime,
-) -> None:
-    if results:
-        _upsert(con, "person_enrichment", "identity", person_rows(results, now))
+) -> int:
+    """Store the answers; returns how many job changes (see ``job_changes``) they revealed."""
+    if not results:
+        return 0
+    return _upsert(
+        con,
+        "person_enrichment",
+        "identity",
+        person_rows(results, now),
+        record_changes=_RECORD_JOB_CHANGES,
+    )
 
 
 def store_companies(

@@ -160,7 +160,22 @@ CREATE TABLE IF NOT EXISTS crm_contacts (
     person_enriched_at  TIMESTAMP,
     company_enriched_at TIMESTAMP,
     partition_date      DATE NOT NULL,  -- the latest partition that carried this email
-    updated_at          TIMESTAMP NOT NULL
+    updated_at          TIMESTAMP NOT NULL,
+    job_changed_at      TIMESTAMP       -- latest job change detected for any of its identities
+);
+
+-- A refreshed profile that names a different employer or title than the matched profile it
+-- replaces: one row per change, kept for good (the person row itself only holds the latest).
+CREATE TABLE IF NOT EXISTS job_changes (
+    identity            VARCHAR NOT NULL,
+    email               VARCHAR,   -- the identity when it is an email, else the work email
+    old_company         VARCHAR,   -- company name, else domain
+    new_company         VARCHAR,
+    old_company_domain  VARCHAR,
+    new_company_domain  VARCHAR,
+    old_title           VARCHAR,
+    new_title           VARCHAR,
+    detected_at         TIMESTAMP NOT NULL  -- when the refreshed profile was stored
 );
 """
 
@@ -170,6 +185,7 @@ CREATE TABLE IF NOT EXISTS crm_contacts (
 ADDED_COLUMNS = """
 ALTER TABLE clean_contacts ADD COLUMN IF NOT EXISTS built_at TIMESTAMP
     DEFAULT TIMESTAMP '1970-01-01';
+ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS job_changed_at TIMESTAMP;
 """
 
 

@@ -29,7 +29,8 @@ from enrich_pipeline.warehouse.crm import (
     description=(
         "Lead + person + company merged into one record per normalised email (table "
         "crm_contacts; what a person typed wins for name and phone, enrichment fills the rest) "
-        "and written to crm_contacts.csv with HubSpot import labels."
+        "and written to crm_contacts.csv with HubSpot import labels; job_changed_at (CSV: Job "
+        "Change Date) is the latest job change detected for the person."
     ),
 )
 def crm_exports(
@@ -48,12 +49,17 @@ def crm_exports(
         sample = con.execute(
             """
             SELECT email, first_name, last_name, job_title, company_name, industry,
-                   employee_count, person_status
+                   employee_count, person_status, job_changed_at
             FROM crm_contacts WHERE partition_date >= ? AND partition_date < ?
-            ORDER BY email LIMIT 10
+            ORDER BY job_changed_at DESC NULLS LAST, email LIMIT 10
             """,
             [start, end],
         ).df()
+        job_changed = con.execute(
+            "SELECT count(*) FROM crm_contacts WHERE partition_date >= ? AND partition_date < ? "
+            "AND job_changed_at IS NOT NULL",
+            [start, end],
+        ).fetchone()[0]  # type: ignore[index]
     context.log.info(
         f"{merged.records} CRM records in the window: {merged.created} new, {merged.updated} "
         f"updated, {merged.unchanged} unchanged, {merged.removed} removed; {path} "
@@ -69,6 +75,7 @@ def crm_exports(
             "removed": merged.removed,
             "export_rewritten": rewrite,
             "email_found_by_enrichment": merged.from_enrichment_email,
+            "records_with_job_change": job_changed,
             "export_path": MetadataValue.path(str(path.resolve())),
             "export_rows": exported,
             "duration_s": duration_since(started),

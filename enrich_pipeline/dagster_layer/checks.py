@@ -1,0 +1,288 @@
+"""Data-quality checks and freshness policies: what the UI shows beside each asset.
+
+The checks are unpartitioned: each judges the whole warehouse (every partition's rows), once per
+run that includes it, whichever partition range the run materialised. Their figures come from
+``warehouse.quality``; every result carries them (counts, share, threshold) as metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetsDefinition,
+    ConfigurableResource,
+    FreshnessPolicy,
+    MetadataValue,
+    apply_freshness_policy,
+    asset_check,
+)
+from pydantic import Field
+
+from enrich_pipeline.dagster_layer.assets import (
+    crm_exports,
+    enriched_companies,
+    enriched_persons,
+    raw_contacts,
+)
+from enrich_pipeline.dagster_layer.enrichment_pass import utc_now
+from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
+from enrich_pipeline.settings import Settings
+from enrich_pipeline.warehouse.quality import (
+    Staleness,
+    company_staleness,
+    duplicate_crm_emails,
+    person_coverage,
+    person_match_rate,
+    person_staleness,
+    quarantine_share,
+)
+
+
+class QualityThresholds(ConfigurableResource):
+    """What the warning checks accept, as shares between 0 and 1."""
+
+    min_match_rate: float = Field(default=Settings.min_match_rate, ge=0.0, le=1.0)
+    max_quarantine_share: float = Field(default=Settings.max_quarantine_share, ge=0.0, le=1.0)
+    max_stale_share: float = Field(default=Settings.max_stale_share, ge=0.0, le=1.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QualityThresholds:
+        return cls(
+            min_match_rate=settings.min_match_rate,
+            max_quarantine_share=settings.max_quarantine_share,
+            max_stale_share=settings.max_stale_share,
+        )
+
+
+def _percent(share: float) -> str:
+    return f"{share:.1%}"
+
+
+def _share_metadata(share: float | None, threshold: float) -> dict[str, Any]:
+    figures: dict[str, Any] = {"threshold": MetadataValue.float(threshold)}
+    if share is not None:
+        figures["share"] = MetadataValue.float(round(share, 4))
+    return figures
+
+
+@asset_check(
+    asset=crm_exports,
+    name="no_duplicate_emails",
+    description="No email is held by more than one CRM record (the import is keyed by email).",
+)
+def no_duplicate_emails(warehouse: WarehouseResource) -> AssetCheckResult:
+    with warehouse.connect() as con:
+        found = duplicate_crm_emails(con)
+    passed = found.duplicated_emails == 0
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"{found.records} CRM records, every email once"
+            if passed
+            else f"{found.duplicated_emails} emails are held by more than one record "
+            f"({found.extra_records} records too many)"
+        ),
+        metadata={
+            "crm_records": found.records,
+            "duplicated_emails": found.duplicated_emails,
+            "extra_records": found.extra_records,
+        },
+    )
+
+
+@asset_check(
+    asset=enriched_persons,
+    name="every_contact_has_a_person_status",
+    description="Every clean contact's identity has a person answer (matched, no_match or error).",
+)
+def every_contact_has_a_person_status(warehouse: WarehouseResource) -> AssetCheckResult:
+    with warehouse.connect() as con:
+        coverage = person_coverage(con)
+    passed = coverage.without_status == 0
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"all {coverage.identities} contact identities have a person answer"
+            if passed
+            else f"{coverage.without_status} of {coverage.identities} contact identities have "
+            "no person answer: materialise enriched_persons for their partitions"
+        ),
+        metadata={
+            "contact_identities": coverage.identities,
+            "without_person_status": coverage.without_status,
+        },
+    )
+
+
+@asset_check(
+    asset=enriched_persons,
+    name="match_rate_above_floor",
+    description=(
+        "Matched / (matched + no_match) over every stored person answer is at least "
+        "ENRICH_MIN_MATCH_RATE."
+    ),
+)
+def match_rate_above_floor(
+    warehouse: WarehouseResource, quality: QualityThresholds
+) -> AssetCheckResult:
+    with warehouse.connect() as con:
+        found = person_match_rate(con)
+    rate, floor = found.rate, quality.min_match_rate
+    passed = rate is None or rate >= floor
+    if rate is None:
+        description = "no matched or no_match answers yet"
+    else:
+        relation = "at or above" if passed else "below"
+        description = f"match rate {_percent(rate)} is {relation} the floor of {_percent(floor)}"
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "matched": found.matched,
+            "no_match": found.no_match,
+            **_share_metadata(rate, floor),
+        },
+    )
+
+
+def _staleness_result(found: Staleness, ceiling: float, what: str) -> AssetCheckResult:
+    share = found.share
+    passed = share is None or share <= ceiling
+    if share is None:
+        description = f"no {what} records yet"
+    else:
+        relation = "within" if passed else "above"
+        description = (
+            f"{found.stale} of {found.records} {what} records ({_percent(share)}) are past "
+            f"their TTL, {relation} the ceiling of {_percent(ceiling)}"
+        )
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "records": found.records,
+            "stale": found.stale,
+            "matched_past_ttl": found.matched_past_ttl,
+            "no_match_past_retry": found.no_match_past_retry,
+            "errors": found.errors,
+            **_share_metadata(share, ceiling),
+        },
+    )
+
+
+_STALE_DESCRIPTION = (
+    "The share of {what} records past their TTL (matched past the {what} TTL, no_match past "
+    "the retry window, errors) is at most ENRICH_MAX_STALE_SHARE."
+)
+
+
+@asset_check(
+    asset=enriched_persons,
+    name="stale_share_below_ceiling",
+    description=_STALE_DESCRIPTION.format(what="person"),
+)
+def person_stale_share_below_ceiling(
+    warehouse: WarehouseResource, pipeline: PipelineSettings, quality: QualityThresholds
+) -> AssetCheckResult:
+    with warehouse.connect() as con:
+        found = person_staleness(con, utc_now(), pipeline.freshness)
+    return _staleness_result(found, quality.max_stale_share, "person")
+
+
+@asset_check(
+    asset=enriched_companies,
+    name="stale_share_below_ceiling",
+    description=_STALE_DESCRIPTION.format(what="company"),
+)
+def company_stale_share_below_ceiling(
+    warehouse: WarehouseResource, pipeline: PipelineSettings, quality: QualityThresholds
+) -> AssetCheckResult:
+    with warehouse.connect() as con:
+        found = company_staleness(con, utc_now(), pipeline.freshness)
+    return _staleness_result(found, quality.max_stale_share, "company")
+
+
+@asset_check(
+    asset=raw_contacts,
+    name="quarantine_share_below_ceiling",
+    description=(
+        "Rows refused at landing or quarantined by validation, as a share of the rows checked "
+        "so far, are at most ENRICH_MAX_QUARANTINE_SHARE."
+    ),
+)
+def quarantine_share_below_ceiling(
+    warehouse: WarehouseResource, quality: QualityThresholds
+) -> AssetCheckResult:
+    with warehouse.connect() as con:
+        found = quarantine_share(con)
+    share, ceiling = found.share, quality.max_quarantine_share
+    passed = share is None or share <= ceiling
+    if share is None:
+        description = "no rows checked yet"
+    else:
+        relation = "within" if passed else "above"
+        description = (
+            f"{found.quarantined} of {found.checked} rows ({_percent(share)}) quarantined, "
+            f"{relation} the ceiling of {_percent(ceiling)}"
+        )
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "rows_checked": found.checked,
+            "quarantined": found.quarantined,
+            "refused_at_ingest": found.refused_at_ingest,
+            "quarantined_at_validation": found.quarantined_at_validation,
+            **_share_metadata(share, ceiling),
+        },
+    )
+
+
+QUALITY_CHECKS = [
+    quarantine_share_below_ceiling,
+    every_contact_has_a_person_status,
+    match_rate_above_floor,
+    person_stale_share_below_ceiling,
+    company_stale_share_below_ceiling,
+    no_duplicate_emails,
+]
+
+
+def freshness_policies(settings: Settings) -> dict[AssetKey, FreshnessPolicy]:
+    """How long each asset may go without a materialisation (of any partition) before the UI
+    calls it late: its records' TTL, past which everything it holds is due again. The CRM
+    export carries the person profiles, so it follows the person TTL. raw_contacts has none:
+    contacts arrive when they arrive."""
+    person = FreshnessPolicy.time_window(fail_window=timedelta(days=settings.person_ttl_days))
+    company = FreshnessPolicy.time_window(fail_window=timedelta(days=settings.company_ttl_days))
+    return {
+        enriched_persons.key: person,
+        enriched_companies.key: company,
+        crm_exports.key: person,
+    }
+
+
+def with_freshness(
+    assets: Sequence[AssetsDefinition], settings: Settings
+) -> list[AssetsDefinition]:
+    """The assets with their freshness policies attached (the others unchanged)."""
+    policies = freshness_policies(settings)
+    return [
+        asset.map_asset_specs(
+            lambda spec: (
+                apply_freshness_policy(spec, policies[spec.key]) if spec.key in policies else spec
+            )
+        )
+        for asset in assets
+    ]
