@@ -19,6 +19,7 @@ from enrich_pipeline.dagster_layer.resources import (
     PipelineSettings,
     WarehouseResource,
 )
+from enrich_pipeline.field_profiles import field_profile
 from enrich_pipeline.settings import Settings
 
 API_KEY_ENV = "DATA_LEGION_API_KEY"
@@ -27,6 +28,7 @@ API_KEY_ENV = "DATA_LEGION_API_KEY"
 def build_definitions(settings: Settings) -> Definitions:
     # EnvVar fails a run when its variable is unset; unset is how a user asks for the sandbox.
     api_key = EnvVar(API_KEY_ENV) if os.environ.get(API_KEY_ENV) else None
+    profile = field_profile(settings.field_profile)
     return Definitions(
         assets=with_freshness(
             [raw_contacts, enriched_persons, enriched_companies, crm_exports], settings
@@ -47,6 +49,8 @@ def build_definitions(settings: Settings) -> Definitions:
                 max_concurrency=settings.max_concurrency,
                 max_attempts=settings.max_attempts,
                 request_timeout_s=settings.request_timeout_s,
+                person_fields=profile.person_include_fields,
+                company_fields=profile.company_include_fields,
             ),
             "pipeline": PipelineSettings(
                 person_ttl_days=settings.person_ttl_days,
@@ -54,6 +58,9 @@ def build_definitions(settings: Settings) -> Definitions:
                 no_match_retry_days=settings.no_match_retry_days,
                 chunk_size=settings.chunk_size,
                 export_dir=settings.export_dir,
+                field_profile=profile.name,
+                min_match_confidence=settings.min_match_confidence,
+                crm_destinations=list(settings.crm_destinations),
             ),
             "quality": QualityThresholds.from_settings(settings),
         },

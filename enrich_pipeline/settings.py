@@ -11,6 +11,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from enrich_pipeline.field_profiles import field_profile
+from enrich_pipeline.merge_policy import Confidence
+
 DEFAULT_BASE_URL = "https://api.datalegion.ai"
 
 
@@ -30,6 +33,25 @@ def _share(raw: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError("expected a share between 0 and 1")
     return value
+
+
+def _profile(raw: str) -> str:
+    return field_profile(raw.strip()).name
+
+
+DESTINATIONS = ("file", "hubspot")
+
+
+def _destinations(raw: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    unknown = [name for name in chosen if name not in DESTINATIONS]
+    if unknown or not chosen:
+        raise ValueError(f"expected a comma-separated list of {', '.join(DESTINATIONS)}")
+    return chosen
+
+
+def _confidence(raw: str) -> str:
+    return Confidence(raw.strip().lower()).value
 
 
 def _bool(raw: str) -> bool:
@@ -75,6 +97,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "min_match_rate": _share,
     "max_quarantine_share": _share,
     "max_stale_share": _share,
+    "field_profile": _profile,
+    "crm_destinations": _destinations,
+    "min_match_confidence": _confidence,
+    "hubspot_base_url": lambda raw: raw.strip().rstrip("/"),
 }
 
 
@@ -99,6 +125,10 @@ class Settings:
     min_match_rate: float = 0.5
     max_quarantine_share: float = 0.05
     max_stale_share: float = 0.2
+    field_profile: str = "sales_prospecting"
+    crm_destinations: tuple[str, ...] = ("file",)
+    min_match_confidence: str = "moderate"
+    hubspot_base_url: str = "https://api.hubapi.com"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -193,5 +223,23 @@ SETTINGS: dict[str, Setting] = {
         "ENRICH_MAX_STALE_SHARE",
         Settings.max_stale_share,
         "asset check warns when more than this share of records is past its TTL",
+    ),
+    "field_profile": Setting(
+        "ENRICH_FIELD_PROFILE",
+        Settings.field_profile,
+        "sales_prospecting, lead_scoring or data_hygiene: fields asked for and columns exported",
+    ),
+    "crm_destinations": Setting(
+        "ENRICH_CRM_DESTINATIONS",
+        "file",
+        "where CRM records go, comma-separated: file, hubspot",
+    ),
+    "min_match_confidence": Setting(
+        "ENRICH_MIN_MATCH_CONFIDENCE",
+        Settings.min_match_confidence,
+        "enrichment replaces a lead's title, company, seniority, location only at this confidence",
+    ),
+    "hubspot_base_url": Setting(
+        "HUBSPOT_BASE_URL", Settings.hubspot_base_url, "HubSpot API base URL"
     ),
 }

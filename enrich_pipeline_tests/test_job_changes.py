@@ -35,7 +35,12 @@ def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def matched(key: str, **record: Any) -> EnrichmentResult:
-    return EnrichmentResult(key=key, status=Outcome.MATCHED, record=record)
+    return EnrichmentResult(
+        key=key,
+        status=Outcome.MATCHED,
+        record=record,
+        match_metadata={"match_confidence": "high"},
+    )
 
 
 def job_changes(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ import httpx
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from enrich_pipeline.field_profiles import DEFAULT_PROFILE, field_profile
+from enrich_pipeline.merge_policy import DEFAULT_RULES, Confidence, MergePolicy
 from enrich_pipeline.provider.client import (
     DEFAULT_COMPANY_FIELDS,
     DEFAULT_PERSON_FIELDS,
@@ -98,13 +100,26 @@ class EnrichmentResource(ConfigurableResource):
 
 
 class PipelineSettings(ConfigurableResource):
-    """Freshness windows, chunking and where exports go."""
+    """Freshness windows, chunking, the merge policy's confidence bar, what is exported where."""
 
     person_ttl_days: int = 30
     company_ttl_days: int = 90
     no_match_retry_days: int = 14
     chunk_size: int = 200
     export_dir: str = "data/exports"
+    field_profile: str = DEFAULT_PROFILE
+    min_match_confidence: str = Confidence.MODERATE.value
+    crm_destinations: list[str] = Field(default_factory=lambda: ["file"])
+
+    @property
+    def merge_policy(self) -> MergePolicy:
+        return MergePolicy(
+            rules=DEFAULT_RULES, min_confidence=Confidence(self.min_match_confidence)
+        )
+
+    @property
+    def export_columns(self) -> tuple[str, ...]:
+        return field_profile(self.field_profile).crm_columns
 
     @property
     def freshness(self) -> Freshness:

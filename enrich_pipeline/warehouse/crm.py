@@ -10,6 +10,8 @@ from pathlib import Path
 
 import duckdb
 
+from enrich_pipeline.merge_policy import DEFAULT_POLICY, MergePolicy, provenance_sql, value_sql
+
 EXPORT_FILE_NAME = "crm_contacts.csv"
 
 # HubSpot import labels (matched to contact properties by label), in export order.
@@ -53,25 +55,46 @@ class MergeReport:
         return bool(self.created or self.updated or self.removed)
 
 
+# The person profile columns the merge can read, as ``person_<column>`` in crm_leads.
+_PERSON_COLUMNS = (
+    "first_name",
+    "last_name",
+    "job_title",
+    "seniority_level",
+    "job_function",
+    "company_name",
+    "company_domain",
+    "company_industry",
+    "city",
+    "state",
+    "country",
+    "linkedin_url",
+    "mobile_phone",
+    "match_confidence",
+)
+_LEAD_COLUMNS = (
+    "first_name",
+    "last_name",
+    "phone",
+    "job_title",
+    "company_name",
+    "company_domain",
+    "website",
+    "city",
+    "state",
+    "country",
+    "linkedin_url",
+)
+
 # Every clean contact, with its person answer and the email its CRM record is keyed by: the
 # lead's own, else (for phone / LinkedIn / name leads) the work email the provider matched.
-_LEADS = """
+_LEADS = f"""
 CREATE OR REPLACE TEMP TABLE crm_leads AS
 SELECT
     c.*,
     p.status AS p_status,
     p.enriched_at AS p_enriched_at,
-    p.first_name AS p_first_name,
-    p.last_name AS p_last_name,
-    p.job_title AS p_job_title,
-    p.company_name AS p_company_name,
-    p.company_domain AS p_company_domain,
-    p.company_industry AS p_company_industry,
-    p.city AS p_city,
-    p.state AS p_state,
-    p.country AS p_country,
-    p.linkedin_url AS p_linkedin_url,
-    p.mobile_phone AS p_mobile_phone,
+    {", ".join(f"p.{column} AS person_{column}" for column in _PERSON_COLUMNS)},
     coalesce(c.email, CASE WHEN p.status = 'matched' THEN lower(trim(p.work_email)) END)
         AS crm_email,
     jc.job_changed_at,
@@ -106,17 +129,17 @@ LEFT JOIN (
 WHERE k.email IS NULL OR l.changed_at > k.updated_at
 """
 
-# The lead keeps what a person typed (name, phone) and fills what enrichment lacks;
-# enrichment wins for the rest. The person answer preferred is the email-keyed one.
-_MERGED = """
-CREATE OR REPLACE TEMP TABLE crm_merged AS
+# Per email: the latest non-empty lead value per field, the person answer (the email-keyed
+# identity's first, then the most recent), and the matched company; then the merge policy.
+_INPUTS = """
 WITH grouped AS (
     SELECT
         l.crm_email AS email,
         bool_or(l.email IS NULL) AND NOT bool_or(l.email IS NOT NULL) AS email_from_enrichment,
         max(l.partition_date) AS partition_date,
-        {lead_fields},
-        {person_fields},
+        max(l.last_received_at) AS lead_received_at,
+        {lead_values},
+        {person_values},
         arg_max(l.p_status, (l.identity_type = 'email', l.p_enriched_at)) AS person_status,
         max(l.p_enriched_at) FILTER (WHERE l.p_status IS NOT NULL) AS person_enriched_at,
         max(l.job_changed_at) AS job_changed_at
@@ -125,87 +148,69 @@ WITH grouped AS (
     GROUP BY l.crm_email
 )
 SELECT
-    g.email,
-    coalesce(g.first_name, g.p_first_name) AS first_name,
-    coalesce(g.last_name, g.p_last_name) AS last_name,
-    g.phone AS phone,
-    g.p_mobile_phone AS mobile_phone,
-    coalesce(g.p_job_title, g.job_title) AS job_title,
-    coalesce(co.name, g.p_company_name, g.company_name) AS company_name,
-    coalesce(g.website, 'https://' || coalesce(g.p_company_domain, g.company_domain)) AS website,
-    coalesce(g.p_city, g.city) AS city,
-    coalesce(g.p_state, g.state) AS state,
-    coalesce(g.p_country, g.country) AS country,
-    coalesce(co.industry, g.p_company_industry) AS industry,
-    co.employee_count,
-    coalesce(g.p_linkedin_url, g.linkedin_url) AS linkedin_url,
-    g.person_status,
-    g.person_enriched_at,
-    co.enriched_at AS company_enriched_at,
-    g.partition_date,
-    $now AS updated_at,
-    g.job_changed_at,
-    g.email_from_enrichment
+    g.*,
+    'https://' || g.lead_company_domain AS lead_company_website,
+    'https://' || g.person_company_domain AS person_company_website,
+    co.name AS co_name,
+    co.industry AS co_industry,
+    co.employee_count AS co_employee_count,
+    co.enriched_at AS co_enriched_at
 FROM grouped g
 LEFT JOIN company_enrichment co
-    ON co.domain = coalesce(g.p_company_domain, g.company_domain) AND co.status = 'matched'
+    ON co.domain = coalesce(g.person_company_domain, g.lead_company_domain)
+    AND co.status = 'matched'
 """
 
-_LEAD_FIELDS = (
-    "first_name",
-    "last_name",
-    "phone",
-    "job_title",
-    "company_name",
-    "company_domain",
-    "website",
-    "city",
-    "state",
-    "country",
-    "linkedin_url",
-)
-_PERSON_FIELDS = (
-    "p_first_name",
-    "p_last_name",
-    "p_job_title",
-    "p_company_name",
-    "p_company_domain",
-    "p_company_industry",
-    "p_city",
-    "p_state",
-    "p_country",
-    "p_linkedin_url",
-    "p_mobile_phone",
-)
 
-
-def _latest(fields: tuple[str, ...], order: str, condition: str) -> str:
-    return ",\n        ".join(
-        f"arg_max(l.{f}, {order}) FILTER (WHERE l.{f} IS NOT NULL{condition}) AS {f}"
-        for f in fields
+def _inputs_sql() -> str:
+    lead_values = ",\n        ".join(
+        f"arg_max(l.{c}, l.last_received_at) FILTER (WHERE l.{c} IS NOT NULL) AS lead_{c}"
+        for c in _LEAD_COLUMNS
     )
+    person_values = ",\n        ".join(
+        f"arg_max(l.person_{c}, (l.identity_type = 'email', l.p_enriched_at)) "
+        f"FILTER (WHERE l.person_{c} IS NOT NULL AND l.p_status = 'matched') AS person_{c}"
+        for c in _PERSON_COLUMNS
+    )
+    return _INPUTS.format(lead_values=lead_values, person_values=person_values)
 
 
-_MERGED_SQL = _MERGED.replace(
-    "{lead_fields}", _latest(_LEAD_FIELDS, "l.last_received_at", "")
-).replace(
-    "{person_fields}",
-    _latest(
-        _PERSON_FIELDS,
-        "(l.identity_type = 'email', l.p_enriched_at)",
-        " AND l.p_status = 'matched'",
-    ),
-)
+def _merged_sql(policy: MergePolicy) -> str:
+    values = ",\n    ".join(f"{value_sql(rule, policy)} AS {rule.field}" for rule in policy.rules)
+    provenance = ", ".join(
+        f"'{rule.field}': {provenance_sql(rule, policy)}" for rule in policy.rules
+    )
+    return f"""
+CREATE OR REPLACE TEMP TABLE crm_merged AS
+SELECT
+    email,
+    {values},
+    to_json({{{provenance}}}) AS provenance,
+    person_status,
+    person_enriched_at,
+    co_enriched_at AS company_enriched_at,
+    partition_date,
+    $now AS updated_at,
+    job_changed_at,
+    email_from_enrichment
+FROM ({_inputs_sql()})
+"""
+
 
 _CRM_COLUMNS = """
     email, first_name, last_name, phone, mobile_phone, job_title, company_name, website,
     city, state, country, industry, employee_count, linkedin_url, person_status,
-    person_enriched_at, company_enriched_at, partition_date, updated_at, job_changed_at
+    person_enriched_at, company_enriched_at, partition_date, updated_at, job_changed_at,
+    seniority, job_function, provenance
 """
 
 
 def merge_crm_contacts(
-    con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime
+    con: duckdb.DuckDBPyConnection,
+    start: date,
+    end: date,
+    now: datetime,
+    policy: MergePolicy = DEFAULT_POLICY,
 ) -> MergeReport:
     """Rebuild the CRM record of every email the window touches whose inputs changed since
     it was merged, from all of that email's leads whichever partition they landed in:
@@ -214,7 +219,7 @@ def merge_crm_contacts(
     con.execute(_LEADS)
     con.execute(_WINDOW_EMAILS, window)
     con.execute(_DIRTY_EMAILS)
-    con.execute(_MERGED_SQL, {"now": now})
+    con.execute(_merged_sql(policy), {"now": now})
     records, dirty, existing, from_enrichment = con.execute(
         """
         SELECT

@@ -161,7 +161,10 @@ CREATE TABLE IF NOT EXISTS crm_contacts (
     company_enriched_at TIMESTAMP,
     partition_date      DATE NOT NULL,  -- the latest partition that carried this email
     updated_at          TIMESTAMP NOT NULL,
-    job_changed_at      TIMESTAMP       -- latest job change detected for any of its identities
+    job_changed_at      TIMESTAMP,      -- latest job change detected for any of its identities
+    seniority           VARCHAR,
+    job_function        VARCHAR,
+    provenance          JSON            -- per field: source (lead/person/company), confidence, when
 );
 
 -- A refreshed profile that names a different employer or title than the matched profile it
@@ -186,6 +189,9 @@ ADDED_COLUMNS = """
 ALTER TABLE clean_contacts ADD COLUMN IF NOT EXISTS built_at TIMESTAMP
     DEFAULT TIMESTAMP '1970-01-01';
 ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS job_changed_at TIMESTAMP;
+ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS seniority VARCHAR;
+ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS job_function VARCHAR;
+ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS provenance JSON;
 """
 
 

@@ -1,0 +1,155 @@
+"""Field profiles: which fields are asked of the provider and which CRM columns are exported.
+
+Asking for fewer fields means smaller answers and less personal data stored; the CRM columns a
+profile exports are the ones its fields can fill (plus the lead's own identifying columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldProfile:
+    name: str
+    description: str
+    person_fields: tuple[str, ...]
+    company_fields: tuple[str, ...]
+    crm_columns: tuple[str, ...]
+
+    @property
+    def person_include_fields(self) -> str:
+        return ",".join(self.person_fields)
+
+    @property
+    def company_include_fields(self) -> str:
+        return ",".join(self.company_fields)
+
+
+_IDENTITY = ("email", "first_name", "last_name")
+
+PROFILES: dict[str, FieldProfile] = {
+    profile.name: profile
+    for profile in (
+        FieldProfile(
+            name="sales_prospecting",
+            description="everything a rep needs to reach out: contact, role, company, location",
+            person_fields=(
+                "legion_id",
+                "full_name",
+                "first_name",
+                "last_name",
+                "job_title",
+                "seniority_level",
+                "job_function",
+                "company_name",
+                "company_domain",
+                "company_industry",
+                "company_size",
+                "city",
+                "state",
+                "country",
+                "linkedin_url",
+                "work_email",
+                "mobile_phone",
+            ),
+            company_fields=(
+                "legion_id",
+                "name",
+                "domain",
+                "industry",
+                "type",
+                "size",
+                "founded",
+                "linkedin_url",
+                "legion_employee_count",
+            ),
+            crm_columns=(
+                *_IDENTITY,
+                "phone",
+                "mobile_phone",
+                "job_title",
+                "seniority",
+                "company_name",
+                "website",
+                "city",
+                "state",
+                "country",
+                "industry",
+                "employee_count",
+                "linkedin_url",
+            ),
+        ),
+        FieldProfile(
+            name="lead_scoring",
+            description="firmographics and seniority for scoring; no phone numbers or profiles",
+            person_fields=(
+                "legion_id",
+                "job_title",
+                "seniority_level",
+                "job_function",
+                "company_name",
+                "company_domain",
+                "company_industry",
+                "company_size",
+                "country",
+            ),
+            company_fields=(
+                "legion_id",
+                "name",
+                "domain",
+                "industry",
+                "size",
+                "founded",
+                "legion_employee_count",
+            ),
+            crm_columns=(
+                *_IDENTITY,
+                "job_title",
+                "seniority",
+                "job_function",
+                "company_name",
+                "country",
+                "industry",
+                "employee_count",
+            ),
+        ),
+        FieldProfile(
+            name="data_hygiene",
+            description="who the contact is and where they work, to clean up existing records",
+            person_fields=(
+                "legion_id",
+                "full_name",
+                "first_name",
+                "last_name",
+                "company_name",
+                "company_domain",
+                "city",
+                "state",
+                "country",
+                "work_email",
+            ),
+            company_fields=("legion_id", "name", "domain"),
+            crm_columns=(
+                *_IDENTITY,
+                "phone",
+                "company_name",
+                "website",
+                "city",
+                "state",
+                "country",
+            ),
+        ),
+    )
+}
+
+DEFAULT_PROFILE = "sales_prospecting"
+
+
+def field_profile(name: str) -> FieldProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown field profile {name!r}; choose one of {sorted(PROFILES)}"
+        ) from None

@@ -1,0 +1,149 @@
+"""Which value wins in a CRM record, as data: per field, the candidates in priority order.
+
+A candidate is a column of the lead (what a person typed or a source sent), of the matched
+person profile, or of the matched company. The first non-empty candidate wins, so an empty value
+never overwrites anything. Person candidates can be gated on the match's confidence: a guess the
+provider itself is unsure of does not replace what the lead said.
+
+The policy compiles to SQL expressions (value and provenance per field) that the CRM merge runs
+over every record at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Origin = Literal["lead", "person", "company"]
+
+
+class Confidence(StrEnum):
+    LOW = "low"
+    MODERATE = "moderate"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        return {"low": 1, "moderate": 2, "high": 3}[self.value]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    origin: Origin
+    column: str
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    field: str
+    candidates: tuple[Candidate, ...]
+    # Person values count only when the match confidence reaches the policy's minimum.
+    confidence_gated: bool = False
+
+
+def lead(column: str) -> Candidate:
+    return Candidate("lead", column)
+
+
+def person(column: str) -> Candidate:
+    return Candidate("person", column)
+
+
+def company(column: str) -> Candidate:
+    return Candidate("company", column)
+
+
+@dataclass(frozen=True)
+class MergePolicy:
+    rules: tuple[FieldRule, ...]
+    min_confidence: Confidence = Confidence.MODERATE
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(rule.field for rule in self.rules)
+
+    def rule(self, field: str) -> FieldRule:
+        return next(rule for rule in self.rules if rule.field == field)
+
+
+# What a person typed wins for name and phone; enrichment wins for title, company, seniority
+# and location when the match is confident enough; the rest is filled by whoever has it.
+DEFAULT_RULES: tuple[FieldRule, ...] = (
+    FieldRule("first_name", (lead("first_name"), person("first_name"))),
+    FieldRule("last_name", (lead("last_name"), person("last_name"))),
+    FieldRule("phone", (lead("phone"),)),
+    FieldRule("mobile_phone", (person("mobile_phone"),)),
+    FieldRule("job_title", (person("job_title"), lead("job_title")), confidence_gated=True),
+    FieldRule("seniority", (person("seniority_level"),), confidence_gated=True),
+    FieldRule("job_function", (person("job_function"),), confidence_gated=True),
+    FieldRule(
+        "company_name",
+        (company("name"), person("company_name"), lead("company_name")),
+        confidence_gated=True,
+    ),
+    FieldRule("website", (lead("website"), person("company_website"), lead("company_website"))),
+    FieldRule("city", (person("city"), lead("city")), confidence_gated=True),
+    FieldRule("state", (person("state"), lead("state")), confidence_gated=True),
+    FieldRule("country", (person("country"), lead("country")), confidence_gated=True),
+    FieldRule("industry", (company("industry"), person("company_industry"))),
+    FieldRule("employee_count", (company("employee_count"),)),
+    FieldRule("linkedin_url", (person("linkedin_url"), lead("linkedin_url"))),
+)
+
+DEFAULT_POLICY = MergePolicy(rules=DEFAULT_RULES)
+
+
+def confidence_rank_sql(column: str) -> str:
+    return (
+        f"CASE lower({column}) WHEN 'high' THEN 3 WHEN 'moderate' THEN 2 "
+        f"WHEN 'low' THEN 1 ELSE 0 END"
+    )
+
+
+# Input column prefixes in the merge query; distinct from every CRM field name.
+PREFIX: dict[Origin, str] = {"lead": "lead_", "person": "person_", "company": "co_"}
+# Per origin: the confidence and the moment a value of that origin carries.
+_PROVENANCE: dict[Origin, tuple[str, str]] = {
+    "lead": ("NULL", "lead_received_at"),
+    "person": ("person_match_confidence", "person_enriched_at"),
+    "company": ("NULL", "co_enriched_at"),
+}
+
+
+def _candidate_sql(candidate: Candidate, rule: FieldRule, policy: MergePolicy) -> str:
+    """The candidate's value in the merge query, NULL when it may not be used."""
+    column = f"{PREFIX[candidate.origin]}{candidate.column}"
+    value = f"nullif(trim(CAST({column} AS VARCHAR)), '')"
+    if candidate.origin == "person" and rule.confidence_gated:
+        gate = f"{confidence_rank_sql('person_match_confidence')} >= {policy.min_confidence.rank}"
+        return f"CASE WHEN {gate} THEN {value} END"
+    return value
+
+
+def value_sql(rule: FieldRule, policy: MergePolicy) -> str:
+    """The first usable candidate: an empty value never wins over anything."""
+    values = ", ".join(_candidate_sql(c, rule, policy) for c in rule.candidates)
+    return f"coalesce({values}, NULL)"
+
+
+def input_columns(policy: MergePolicy, origin: Origin) -> tuple[str, ...]:
+    """The source columns of one origin that the policy reads."""
+    return tuple(
+        dict.fromkeys(
+            c.column for rule in policy.rules for c in rule.candidates if c.origin == origin
+        )
+    )
+
+
+def provenance_sql(rule: FieldRule, policy: MergePolicy) -> str:
+    """A struct saying where the winning value came from, how sure and how recent it is."""
+    branches = []
+    for candidate in rule.candidates:
+        condition = f"{_candidate_sql(candidate, rule, policy)} IS NOT NULL"
+        confidence, when = _PROVENANCE[candidate.origin]
+        branches.append(
+            f"WHEN {condition} THEN {{'source': '{candidate.origin}', "
+            f"'confidence': {confidence}, 'enriched_at': {when}}}"
+        )
+    return f"CASE {' '.join(branches)} END"
