@@ -11,6 +11,7 @@ over every record at once.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -65,6 +66,12 @@ class MergePolicy:
 
     def rule(self, field: str) -> FieldRule:
         return next(rule for rule in self.rules if rule.field == field)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever a rule or the confidence bar does: records merged under another
+        policy are merged again."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
 
 # What a person typed wins for name and phone; enrichment wins for title, company, seniority

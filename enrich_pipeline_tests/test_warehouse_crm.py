@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from enrich_pipeline.merge_policy import DEFAULT_POLICY, Confidence, MergePolicy
 from enrich_pipeline.provider.models import EnrichmentResult, Outcome
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
@@ -332,3 +334,31 @@ def test_a_failed_export_leaves_the_previous_file_and_no_partial(
 
     assert target.read_bytes() == previous
     assert os.listdir(export_dir) == [EXPORT_FILE_NAME]
+
+
+def test_a_different_merge_policy_merges_every_record_again(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    leads(con, ADA_LEAD)
+    store_persons(
+        con,
+        [
+            EnrichmentResult(
+                ADA_PROFILE.key,
+                Outcome.MATCHED,
+                record=ADA_PROFILE.record,
+                match_metadata={"match_confidence": "moderate"},
+            )
+        ],
+        NOW,
+    )
+    merge_crm_contacts(con, START, END, NOW)
+    assert crm_records(con)["ada@ae.io"]["job_title"] == "Chief Mathematician"
+
+    strict = MergePolicy(rules=DEFAULT_POLICY.rules, min_confidence=Confidence.HIGH)
+    report = merge_crm_contacts(con, START, END, NOW, strict)
+
+    assert report.updated == 1
+    record = crm_records(con)["ada@ae.io"]
+    assert record["job_title"] == "Analyst"
+    assert json.loads(record["provenance"])["job_title"]["source"] == "lead"

@@ -23,6 +23,10 @@ contact_partitions = DailyPartitionsDefinition(
 )
 
 
+# The assets that spend the provider's rate limit and credits. dagster.yaml bounds how many of
+# them run at once across all runs; the client's shared limiter state splits the rate between them.
+ENRICHMENT_API_POOL = "enrichment_api"
+
 # Single-run backfills are what make a range one run; the beta notice would print on every load.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
 

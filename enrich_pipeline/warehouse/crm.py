@@ -126,7 +126,9 @@ LEFT JOIN (
     FROM crm_leads SEMI JOIN window_emails USING (crm_email)
     GROUP BY ALL
 ) l USING (crm_email)
-WHERE k.email IS NULL OR l.changed_at > k.updated_at
+WHERE k.email IS NULL
+   OR l.changed_at > k.updated_at
+   OR k.merge_policy IS DISTINCT FROM $policy
 """
 
 # Per email: the latest non-empty lead value per field, the person answer (the email-keyed
@@ -192,6 +194,7 @@ SELECT
     partition_date,
     $now AS updated_at,
     job_changed_at,
+    $policy AS merge_policy,
     email_from_enrichment
 FROM ({_inputs_sql()})
 """
@@ -201,7 +204,7 @@ _CRM_COLUMNS = """
     email, first_name, last_name, phone, mobile_phone, job_title, company_name, website,
     city, state, country, industry, employee_count, linkedin_url, person_status,
     person_enriched_at, company_enriched_at, partition_date, updated_at, job_changed_at,
-    seniority, job_function, provenance
+    seniority, job_function, provenance, merge_policy
 """
 
 
@@ -218,8 +221,8 @@ def merge_crm_contacts(
     window = {"start": start, "end": end}
     con.execute(_LEADS)
     con.execute(_WINDOW_EMAILS, window)
-    con.execute(_DIRTY_EMAILS)
-    con.execute(_merged_sql(policy), {"now": now})
+    con.execute(_DIRTY_EMAILS, {"policy": policy.fingerprint})
+    con.execute(_merged_sql(policy), {"now": now, "policy": policy.fingerprint})
     records, dirty, existing, from_enrichment = con.execute(
         """
         SELECT

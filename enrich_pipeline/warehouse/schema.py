@@ -164,7 +164,8 @@ CREATE TABLE IF NOT EXISTS crm_contacts (
     job_changed_at      TIMESTAMP,      -- latest job change detected for any of its identities
     seniority           VARCHAR,
     job_function        VARCHAR,
-    provenance          JSON            -- per field: source (lead/person/company), confidence, when
+    provenance          JSON,           -- per field: source (lead/person/company), confidence, when
+    merge_policy        VARCHAR         -- fingerprint of the merge policy that built the record
 );
 
 -- A refreshed profile that names a different employer or title than the matched profile it
@@ -192,6 +193,7 @@ ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS job_changed_at TIMESTAMP;
 ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS seniority VARCHAR;
 ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS job_function VARCHAR;
 ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS provenance JSON;
+ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS merge_policy VARCHAR;
 """
 
 

@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, MaterializeResult
 from enrich_pipeline.dagster_layer.assets.enriched_persons import enriched_persons
 from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass, utc_now
 from enrich_pipeline.dagster_layer.partitions import (
+    ENRICHMENT_API_POOL,
     contact_asset,
     describe_window,
     partition_window,
@@ -31,6 +32,7 @@ ORDER BY enriched_at DESC, domain LIMIT 10
 @contact_asset(
     deps=[enriched_persons],
     kinds={"duckdb", "api"},
+    pool=ENRICHMENT_API_POOL,
     description=(
         "Company firmographics by domain (table company_enrichment, one row per domain): the "
         "matched person's company domain, else the lead's website or work-email domain."

@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, MaterializeResult
 from enrich_pipeline.dagster_layer.assets.raw_contacts import raw_contacts
 from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass, utc_now
 from enrich_pipeline.dagster_layer.partitions import (
+    ENRICHMENT_API_POOL,
     contact_asset,
     describe_window,
     partition_window,
@@ -31,6 +32,7 @@ ORDER BY p.enriched_at DESC, p.identity LIMIT 10
 @contact_asset(
     deps=[raw_contacts],
     kinds={"duckdb", "api"},
+    pool=ENRICHMENT_API_POOL,
     description=(
         "Person profile for every clean contact (table person_enrichment, one row per identity: "
         "matched / no_match / error, enriched_at). Looked up by email, else phone, LinkedIn URL "
