@@ -48,6 +48,7 @@ def build_definitions(settings: Settings) -> Definitions:
                 bulk_size=settings.bulk_size,
                 max_concurrency=settings.max_concurrency,
                 max_attempts=settings.max_attempts,
+                max_credits_per_run=settings.max_credits_per_run,
                 request_timeout_s=settings.request_timeout_s,
                 person_fields=profile.person_include_fields,
                 company_fields=profile.company_include_fields,

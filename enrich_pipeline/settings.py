@@ -28,6 +28,10 @@ class Setting:
     meaning: str
 
 
+def _optional_positive_int(raw: str) -> int | None:
+    return None if raw.strip().lower() in {"", "none", "unlimited"} else _positive_int(raw)
+
+
 def _share(raw: str) -> float:
     value = float(raw)
     if not 0.0 <= value <= 1.0:
@@ -91,6 +95,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_concurrency": _positive_int,
     "chunk_size": _positive_int,
     "max_attempts": _positive_int,
+    "max_credits_per_run": _optional_positive_int,
     "request_timeout_s": _positive_int,
     "sensor_interval_s": _positive_int,
     "sensor_max_rows_per_tick": _positive_int,
@@ -116,9 +121,10 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     use_bulk: bool = True
     bulk_size: int = 100
-    max_concurrency: int = 8
+    max_concurrency: int = 32
     chunk_size: int = 200
     max_attempts: int = 5
+    max_credits_per_run: int | None = None
     request_timeout_s: int = 30
     sensor_interval_s: int = 15
     sensor_max_rows_per_tick: int = 100_000
@@ -186,7 +192,9 @@ SETTINGS: dict[str, Setting] = {
     ),
     "bulk_size": Setting("ENRICH_BULK_SIZE", Settings.bulk_size, "items per bulk call (max 100)"),
     "max_concurrency": Setting(
-        "ENRICH_MAX_CONCURRENCY", Settings.max_concurrency, "enrichment requests in flight at most"
+        "ENRICH_MAX_CONCURRENCY",
+        Settings.max_concurrency,
+        "cap on requests in flight (the client sizes it to rate x latency below the cap)",
     ),
     "chunk_size": Setting(
         "ENRICH_CHUNK_SIZE",
@@ -195,6 +203,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     "max_attempts": Setting(
         "ENRICH_MAX_ATTEMPTS", Settings.max_attempts, "attempts per request (429, 5xx, timeouts)"
+    ),
+    "max_credits_per_run": Setting(
+        "ENRICH_MAX_CREDITS_PER_RUN",
+        "unlimited",
+        "a run stops cleanly once it has used this many credits; the rest waits for the next run",
     ),
     "request_timeout_s": Setting(
         "ENRICH_REQUEST_TIMEOUT_S", Settings.request_timeout_s, "per-request timeout, seconds"

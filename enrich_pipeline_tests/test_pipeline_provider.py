@@ -124,3 +124,28 @@ def test_running_out_of_credits_keeps_what_was_paid_for(
     assert "credits" in str(failure.event_specific_data.error.message).lower()  # type: ignore[union-attr]
     matched = [row for row in _persons(settings.warehouse_path) if row[1] == "matched"]
     assert len(matched) == 2
+
+
+def test_a_credit_budget_stops_the_run_cleanly_and_the_next_run_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    landed = _landed(tmp_path, "budget")
+    monkeypatch.setenv("ENRICH_SANDBOX_MATCH_RATE", "1")
+    settings = Settings(
+        warehouse_path=landed.warehouse_path,
+        export_dir=landed.export_dir,
+        use_bulk=False,
+        max_credits_per_run=2,
+    )
+    first = materialise_range(settings, "2026-09-01", "2026-09-03")
+    persons = metadata_of(first, "enriched_persons")
+    assert first.success
+    assert persons["stopped_at_credit_budget"] is True
+    assert persons["credits_used"] <= 2
+    assert persons["lookups_deferred"] == persons["lookups_needed"] - persons["results_written"]
+    assert len(_persons(settings.warehouse_path)) == persons["results_written"] < 5
+
+    second = materialise_range(settings, "2026-09-01", "2026-09-03")
+    assert (
+        metadata_of(second, "enriched_persons")["calls_saved_fresh"] == persons["results_written"]
+    )

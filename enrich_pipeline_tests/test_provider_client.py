@@ -456,6 +456,93 @@ def test_bulk_auth_and_credit_failures_stop_the_run(
     assert run.results == []
 
 
+# --- credit budget ------------------------------------------------------------------------------
+
+
+def matching(credits_header: bool = True) -> Any:
+    """respx side effect: every single call matches, saying so in Credits-Used unless told not."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"Credits-Used": "1"} if credits_header else {}
+        return httpx.Response(
+            200, json=person_match(json.loads(request.content)["email"]), headers=headers
+        )
+
+    return answer
+
+
+def test_a_credit_budget_ends_the_run_cleanly_without_overspending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = mock_router()
+    route = router.post("/person/enrich").mock(side_effect=matching())
+    logger = logging.getLogger("test_provider_client.budget")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        run = run_enrich(router, people(10), max_credits=3, max_concurrency=4, logger=logger)
+    assert run.error is None
+    assert [result.status for result in run.results] == [Outcome.MATCHED] * 3
+    # Four calls could be in flight, but a fourth could have cost a fourth credit.
+    assert route.call_count == 3
+    assert run.stats.credits_used == 3
+    assert run.stats.budget_exhausted
+    assert run.stats.deferred == 7
+    assert any(
+        "Credit budget reached (3 of 3 credits used)" in record.getMessage()
+        and "7 person look-ups not attempted" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+def test_no_match_look_ups_are_free_so_the_budget_goes_further() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        email = json.loads(request.content)["email"]
+        if int(email[1]) % 2:
+            return httpx.Response(404, headers={"Credits-Used": "0"})
+        return httpx.Response(200, json=person_match(email), headers={"Credits-Used": "1"})
+
+    router = mock_router()
+    router.post("/person/enrich").mock(side_effect=answer)
+    run = run_enrich(router, people(10), max_credits=3, max_concurrency=1)
+    assert sorted(run.by_key) == ["k0", "k1", "k2", "k3", "k4"]
+    assert (run.stats.credits_used, run.stats.deferred) == (3, 5)
+
+
+def test_without_a_credits_header_each_match_counts_one_credit() -> None:
+    router = mock_router()
+    route = router.post("/person/enrich").mock(side_effect=matching(credits_header=False))
+    run = run_enrich(router, people(10), max_credits=2, max_concurrency=1)
+    assert route.call_count == 2
+    assert (run.stats.credits_used, run.stats.deferred) == (2, 8)
+
+
+def test_a_bulk_chunk_is_cut_to_the_budget_left() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        items = json.loads(request.content)["items"]
+        results = [
+            {**person_match(item["email"]), "error": None, "metadata": item["metadata"]}
+            for item in items
+        ]
+        return httpx.Response(
+            200, json={"results": results}, headers={"Credits-Used": str(len(items))}
+        )
+
+    router = mock_router()
+    route = router.post("/person/enrich/bulk").mock(side_effect=answer)
+    run = run_enrich(router, people(10), use_bulk=True, bulk_size=5, max_credits=3)
+    assert [len(json.loads(call.request.content)["items"]) for call in route.calls] == [3]
+    assert sorted(run.by_key) == ["k0", "k1", "k2"]
+    assert (run.stats.credits_used, run.stats.deferred) == (3, 7)
+
+
+def test_a_budget_not_reached_defers_nothing() -> None:
+    router = mock_router()
+    router.post("/person/enrich").mock(side_effect=matching())
+    run = run_enrich(router, people(5), max_credits=100)
+    assert len(run.results) == 5
+    assert not run.stats.budget_exhausted
+    assert run.stats.deferred == 0
+
+
 # --- secrets ------------------------------------------------------------------------------------
 
 

@@ -1,9 +1,13 @@
 import asyncio
+import json
+from pathlib import Path
 
 import httpx
+import pytest
 
 from enrich_pipeline.provider.http import build_http_client, redact_headers
 from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.provider.shared_limit import STATE_DIR_ENV
 
 KEY = "dl-secret-key-1234567890"
 
@@ -45,3 +49,35 @@ def test_redact_headers_hides_credentials_only() -> None:
         "request-id": "r-1",
         "accept": "*/*",
     }
+
+
+def _one_call(stats: CallStats, shared_state_dir: Path | None = None) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"RateLimit-Policy": "100/min"})
+
+    async def go() -> None:
+        async with build_http_client(
+            base_url="https://provider.test",
+            api_key=KEY,
+            stats=stats,
+            transport=httpx.MockTransport(handler),
+            shared_state_dir=shared_state_dir,
+        ) as http:
+            await http.post("/person/enrich", json={})
+
+    asyncio.run(go())
+
+
+def test_shared_limiter_state_is_written_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "default"))
+    _one_call(CallStats())
+    assert not (tmp_path / "default").exists()
+
+    stats = CallStats()
+    _one_call(stats, shared_state_dir=tmp_path / "shared")
+    (state_file,) = (tmp_path / "shared").iterdir()
+    assert json.loads(state_file.read_text())["limit"] == 100
+    assert KEY not in state_file.read_text()
+    assert stats.rate_limit == 100

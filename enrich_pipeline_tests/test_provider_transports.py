@@ -360,3 +360,24 @@ def test_transports_wrap_an_asgi_app() -> None:
     response = post(httpx.AsyncClient(transport=transport))
     assert response.json() == {"matches": [], "total": 0}
     assert stats.requests == 2
+
+
+def test_a_request_that_fails_frees_its_place_in_flight() -> None:
+    fake, stats = FakeTime(), CallStats()
+    handler, sent = scripted(httpx.ConnectError("refused"), httpx.Response(200))
+    transport = ThrottleTransport(
+        httpx.MockTransport(handler),
+        stats=stats,
+        clock=fake.clock,
+        sleep=fake.sleep,
+        max_in_flight=1,
+    )
+
+    async def go() -> int:
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(URL)
+            return (await asyncio.wait_for(client.post(URL), timeout=5)).status_code
+
+    assert asyncio.run(go()) == 200
+    assert len(sent) == 2

@@ -524,3 +524,23 @@ def test_env_var_table_covers_every_setting() -> None:
     documented = {var.field for var in ENV_VARS}
     assert documented == set(SandboxConfig.__dataclass_fields__)
     assert all(var.name.startswith("ENRICH_SANDBOX_") and var.meaning for var in ENV_VARS)
+
+
+def test_a_shorter_window_is_enforced_and_announced() -> None:
+    clock = FakeClock(T0)
+
+    async def scenario(client: httpx.AsyncClient) -> list[tuple[int, str]]:
+        answers = []
+        for now in (T0, T0 + 0.5, T0 + 1.9, T0 + 2.0):
+            clock.now = now
+            response = await client.post("/person/enrich", json={"email": "a@acme.io"}, headers=KEY)
+            answers.append((response.status_code, response.headers["RateLimit-Policy"]))
+        return answers
+
+    config = cfg(rate_limit_per_min=2, rate_window_s=2.0)
+    assert run(config, scenario, clock) == [
+        (200, "2;w=2"),
+        (200, "2;w=2"),
+        (429, "2;w=2"),
+        (200, "2;w=2"),
+    ]

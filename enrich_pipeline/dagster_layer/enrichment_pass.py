@@ -87,6 +87,11 @@ def run_enrichment_pass(
             "are saved; the next run continues with the rest.",
             metadata=metadata(),
         ) from exc
+    if stats.budget_exhausted:
+        context.log.warning(
+            f"{kind} enrichment stopped at the run's credit budget (ENRICH_MAX_CREDITS_PER_RUN): "
+            f"{stats.deferred} look-ups left for the next run"
+        )
     with warehouse.connect() as con:
         sample = con.execute(preview_sql, preview_params).df()
     result_metadata = {**metadata(), "preview": preview(sample)}

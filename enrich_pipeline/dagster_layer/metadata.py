@@ -69,5 +69,17 @@ def enrichment_metadata(
             if stats.credits_remaining is not None
             else MetadataValue.text("not reported")
         ),
+        "stopped_at_credit_budget": stats.budget_exhausted,
+        "lookups_deferred": stats.deferred,
+        "rate_limit_learned": (
+            MetadataValue.text(f"{stats.rate_limit} per {stats.rate_window_s:g} s")
+            if stats.rate_limit and stats.rate_window_s
+            else MetadataValue.text("no rate-limit headers seen")
+        ),
+        "concurrency": (
+            MetadataValue.int(stats.concurrency_target)
+            if stats.concurrency_target is not None
+            else MetadataValue.text("no calls made")
+        ),
         "duration_s": duration_since(started),
     }

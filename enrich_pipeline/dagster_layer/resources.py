@@ -20,6 +20,7 @@ from enrich_pipeline.provider.client import (
 )
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.provider.shared_limit import default_state_dir
 from enrich_pipeline.sandbox import SandboxConfig, create_app
 from enrich_pipeline.settings import DEFAULT_BASE_URL
 from enrich_pipeline.warehouse.connection import connect
@@ -56,7 +57,8 @@ class EnrichmentResource(ConfigurableResource):
     base_url: str = DEFAULT_BASE_URL
     use_bulk: bool = True
     bulk_size: int = 100
-    max_concurrency: int = 8
+    max_concurrency: int = 32
+    max_credits_per_run: int | None = None
     max_attempts: int = 5
     request_timeout_s: float = 30.0
     person_fields: str = DEFAULT_PERSON_FIELDS
@@ -86,6 +88,9 @@ class EnrichmentResource(ConfigurableResource):
             transport=transport,
             timeout_s=self.request_timeout_s,
             max_attempts=self.max_attempts,
+            # Every run on this machine using this key paces from one shared budget. The
+            # in-process sandbox is private to its run, so it keeps its own.
+            shared_state_dir=default_state_dir() if transport is None else None,
         )
         async with http:
             yield EnrichmentClient(
@@ -95,6 +100,7 @@ class EnrichmentResource(ConfigurableResource):
                 use_bulk=self.use_bulk,
                 bulk_size=self.bulk_size,
                 max_concurrency=self.max_concurrency,
+                max_credits=self.max_credits_per_run,
                 logger=logger,
             )
 

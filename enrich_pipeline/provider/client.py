@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from enrich_pipeline.provider.errors import CreditsExhausted, ProviderAuthError
-from enrich_pipeline.provider.http import API_KEY_HEADER, REDACTED
+from enrich_pipeline.provider.http import API_KEY_HEADER, REDACTED, ProviderHttpClient
 from enrich_pipeline.provider.models import (
     CallStats,
     EnrichmentResult,
@@ -21,6 +21,8 @@ from enrich_pipeline.provider.models import (
     Outcome,
     Query,
 )
+from enrich_pipeline.provider.pacing import DEFAULT_MAX_IN_FLIGHT
+from enrich_pipeline.provider.transports import header_int
 
 DEFAULT_PERSON_FIELDS = (
     "legion_id,full_name,first_name,last_name,job_title,company_name,company_domain,"
@@ -51,6 +53,44 @@ class _Bulk:
 
 
 _Work = _Single | _Bulk
+
+
+def _size(item: _Work) -> int:
+    return 1 if isinstance(item, _Single) else len(item.queries)
+
+
+class _CreditBudget:
+    """Admits look-ups while the credits used plus those that calls in flight may still cost
+    (one per look-up, at most) stay within the budget, so the budget is never overspent."""
+
+    def __init__(self, max_credits: int, stats: CallStats) -> None:
+        self._max = max_credits
+        self._stats = stats
+        self._at_risk = 0
+        self._settled = asyncio.Event()
+
+    @property
+    def spent(self) -> bool:
+        return self._stats.credits_used >= self._max
+
+    def _room(self) -> int:
+        return self._max - self._stats.credits_used - self._at_risk
+
+    async def admit(self, wanted: int) -> int:
+        """How many of ``wanted`` look-ups may go out now; 0 once the budget is spent."""
+        while not self.spent and self._room() <= 0:
+            # Calls in flight hold what is left; once one is answered there may be room.
+            self._settled.clear()
+            await self._settled.wait()
+        if self.spent:
+            return 0
+        granted = min(wanted, self._room())
+        self._at_risk += granted
+        return granted
+
+    def settle(self, granted: int) -> None:
+        self._at_risk -= granted
+        self._settled.set()
 
 
 class _BulkRefused(Exception):
@@ -89,6 +129,10 @@ class EnrichmentClient:
     Per-record problems (no match, invalid input, a call that kept failing) become results;
     only an unusable key (401/403) or exhausted credits (402) end the run, after the calls
     already in flight have been answered and yielded.
+
+    ``max_concurrency`` caps the requests in flight; within it the pacer of a client from
+    ``build_http_client`` sizes them to the provider's rate and latency. ``max_credits`` is a
+    per-run credit budget: once reached, no new call starts and the run ends cleanly.
     """
 
     def __init__(
@@ -99,20 +143,28 @@ class EnrichmentClient:
         include_fields: Mapping[Kind, str] | None = None,
         use_bulk: bool = True,
         bulk_size: int = MAX_BULK_SIZE,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_IN_FLIGHT,
         logger: logging.Logger | None = None,
+        max_credits: int | None = None,
     ) -> None:
         if not 1 <= bulk_size <= MAX_BULK_SIZE:
             raise ValueError(f"bulk_size must be between 1 and {MAX_BULK_SIZE}, got {bulk_size}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if max_credits is not None and max_credits < 0:
+            raise ValueError(f"max_credits must not be negative, got {max_credits}")
         self._http = http
         self._stats = stats
         self._fields: dict[Kind, str] = {**DEFAULT_FIELDS, **(include_fields or {})}
         self._use_bulk = use_bulk
         self._bulk_size = bulk_size
         self._max_concurrency = max_concurrency
+        self._max_credits = max_credits
         self._logger = logger or logging.getLogger(__name__)
+        if isinstance(http, ProviderHttpClient):
+            http.pacer.max_in_flight = max_concurrency
+            if logger is not None:
+                http.pacer.logger = logger
         # Only to scrub provider-supplied text that might echo it; never logged.
         self._secret = http.headers.get(API_KEY_HEADER)
 
@@ -120,13 +172,18 @@ class EnrichmentClient:
         """Yield one result per query as soon as it is known, in completion order.
 
         Raises ``ProviderAuthError`` or ``CreditsExhausted`` after yielding everything that was
-        answered before the run had to stop.
+        answered before the run had to stop. Reaching ``max_credits`` is not an error: the
+        queries not attempted are counted in ``stats.deferred`` and the iteration just ends.
         """
         work: asyncio.Queue[_Work] = asyncio.Queue()
         for item in self._plan(queries):
             work.put_nowait(item)
         finished: asyncio.Queue[EnrichmentResult | None] = asyncio.Queue()
         fatal: list[Exception] = []
+        budget = (
+            None if self._max_credits is None else _CreditBudget(self._max_credits, self._stats)
+        )
+        deferred_before = self._stats.deferred
 
         async def worker() -> None:
             while True:
@@ -134,8 +191,7 @@ class EnrichmentClient:
                 try:
                     # After a fatal answer, queued work is drained without calling.
                     if not fatal:
-                        for result in await self._run(kind, item, work):
-                            finished.put_nowait(result)
+                        await self._run_within_budget(kind, item, work, finished, budget)
                 except Exception as exc:  # re-raised below once in-flight work is yielded
                     fatal.append(exc)
                 finally:
@@ -157,8 +213,44 @@ class EnrichmentClient:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if deferred := self._stats.deferred - deferred_before:
+            self._logger.info(
+                "Credit budget reached (%d of %d credits used): stopped calling; "
+                "%d %s look-ups not attempted wait for the next run",
+                self._stats.credits_used,
+                self._max_credits,
+                deferred,
+                kind,
+            )
         if fatal:
             raise fatal[0]
+
+    async def _run_within_budget(
+        self,
+        kind: Kind,
+        item: _Work,
+        work: asyncio.Queue[_Work],
+        finished: asyncio.Queue[EnrichmentResult | None],
+        budget: _CreditBudget | None,
+    ) -> None:
+        if budget is None:
+            for result in await self._run(kind, item, work):
+                finished.put_nowait(result)
+            return
+        granted = await budget.admit(_size(item))
+        if not granted:
+            self._stats.budget_exhausted = True
+            self._stats.deferred += _size(item)
+            return
+        if isinstance(item, _Bulk) and granted < len(item.queries):
+            # Only part of the chunk fits the budget left: send that, queue the rest.
+            work.put_nowait(_Bulk(item.queries[granted:]))
+            item = _Bulk(item.queries[:granted])
+        try:
+            for result in await self._run(kind, item, work):
+                finished.put_nowait(result)
+        finally:
+            budget.settle(granted)
 
     def _plan(self, queries: Sequence[Query]) -> list[_Work]:
         if not self._use_bulk:
@@ -219,7 +311,9 @@ class EnrichmentClient:
         matches = body.get("matches")
         if not matches:
             return EnrichmentResult(query.key, Outcome.NO_MATCH)
-        return self._matched(kind, query.key, matches)
+        result = self._matched(kind, query.key, matches)
+        self._count_unreported_credits(response, [result])
+        return result
 
     async def _enrich_bulk(self, kind: Kind, queries: Sequence[Query]) -> list[EnrichmentResult]:
         path = f"/{kind}/enrich/bulk"
@@ -238,7 +332,16 @@ class EnrichmentClient:
         if not isinstance(answers, list):
             return self._all_failed(queries, "HTTP 200 with an unreadable bulk answer")
         by_key = _answers_by_key(answers, queries)
-        return [self._bulk_item(kind, query.key, by_key.get(query.key)) for query in queries]
+        results = [self._bulk_item(kind, query.key, by_key.get(query.key)) for query in queries]
+        self._count_unreported_credits(response, results)
+        return results
+
+    def _count_unreported_credits(
+        self, response: httpx.Response, results: Sequence[EnrichmentResult]
+    ) -> None:
+        # Billing is a credit per match: assume exactly that when the answer does not say.
+        if header_int(response.headers, "Credits-Used") is None:
+            self._stats.credits_used += sum(r.status is Outcome.MATCHED for r in results)
 
     def _bulk_item(self, kind: Kind, key: str, answer: dict[str, Any] | None) -> EnrichmentResult:
         if answer is None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.transports import Clock, RetryTransport, Sleep, ThrottleTransport
+from enrich_pipeline.provider.pacing import Clock, Pacer, Sleep
+from enrich_pipeline.provider.shared_limit import DEFAULT_IN_FLIGHT_TTL_S, SharedStateStore
+from enrich_pipeline.provider.transports import RetryTransport, ThrottleTransport
 
 USER_AGENT = "enrich-pipeline/0.1"
 API_KEY_HEADER = "API-Key"
@@ -19,6 +23,15 @@ SENSITIVE_HEADERS = frozenset(
     {API_KEY_HEADER.lower(), "authorization", "proxy-authorization", "cookie", "set-cookie"}
 )
 REDACTED = "[redacted]"
+
+
+class ProviderHttpClient(httpx.AsyncClient):
+    """The ``httpx.AsyncClient`` that ``build_http_client`` returns, with its ``pacer`` exposed
+    so the enrichment client can cap how many requests it lets into flight."""
+
+    def __init__(self, *, pacer: Pacer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pacer = pacer
 
 
 def build_http_client(
@@ -32,22 +45,39 @@ def build_http_client(
     max_connections: int = 64,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.time,
-) -> httpx.AsyncClient:
+    shared_state_dir: str | os.PathLike[str] | None = None,
+) -> ProviderHttpClient:
     """An ``httpx.AsyncClient`` with the key set, rate-limit pacing and bounded retries.
 
     ``transport`` is what carries the requests (the sandbox's ``httpx.ASGITransport``, a mock);
     by default the network, with a connection pool of ``max_connections``.
+
+    ``shared_state_dir`` makes every process using this key on this machine share one
+    rate-limit budget through a file there (``shared_limit.default_state_dir()`` is the usual
+    place); ``None`` keeps the pacing state in this process.
     """
     inner = transport or httpx.AsyncHTTPTransport(
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
     )
-    throttled = ThrottleTransport(inner, stats=stats, clock=clock, sleep=sleep)
+    store = (
+        None
+        if shared_state_dir is None
+        else SharedStateStore(
+            base_url=base_url,
+            api_key=api_key,
+            directory=shared_state_dir,
+            # httpx times each phase of an attempt (pool, connect, write, read) separately.
+            in_flight_ttl_s=max(DEFAULT_IN_FLIGHT_TTL_S, 4 * timeout_s),
+        )
+    )
+    throttled = ThrottleTransport(inner, stats=stats, clock=clock, sleep=sleep, store=store)
     retrying = RetryTransport(
         throttled, stats=stats, max_attempts=max_attempts, sleep=sleep, clock=clock
     )
-    return httpx.AsyncClient(
+    return ProviderHttpClient(
+        pacer=throttled.pacer,
         base_url=base_url,
         transport=retrying,
         timeout=httpx.Timeout(timeout_s),

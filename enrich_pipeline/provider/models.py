@@ -78,6 +78,15 @@ class CallStats:
     # Pauses imposed by the provider's rate limit, so slow runs can be explained.
     throttle_waits: int = 0
     throttle_wait_s: float = 0.0
+    # The rate limit as learned from the provider's headers (None: it never said).
+    rate_limit: int | None = None
+    rate_window_s: float | None = None
+    # Requests allowed in flight, sized to the rate and the provider's latency (Little's law).
+    concurrency_target: int | None = None
+    # A per-run credit budget was reached: the run stopped cleanly, ``deferred`` queries were
+    # not attempted and wait for the next run.
+    budget_exhausted: bool = False
+    deferred: int = 0
 
     def record_response(self, status_code: int) -> None:
         self.responses_by_status[status_code] = self.responses_by_status.get(status_code, 0) + 1

@@ -55,20 +55,27 @@ def parse_rate_limit(
     headers: httpx.Headers | Mapping[str, str], now: float
 ) -> RateLimitInfo | None:
     """Read every rate-limit header form; ``None`` when the response carried none usable."""
-    headers = httpx.Headers(headers)
-    quota, window_s = _parse_policy(headers.get("RateLimit-Policy"))
-    remaining = _parse_count(headers.get("RateLimit-Remaining"))
-    reset_at = _parse_reset(headers.get("RateLimit-Reset"), now)
+    # One pass over the headers: this runs for every response.
+    found = {
+        lowered: value
+        for name, value in headers.items()
+        if (lowered := name.lower()).startswith("ratelimit") or lowered == "retry-after"
+    }
+    if not found:
+        return None
+    quota, window_s = _parse_policy(found.get("ratelimit-policy"))
+    remaining = _parse_count(found.get("ratelimit-remaining"))
+    reset_at = _parse_reset(found.get("ratelimit-reset"), now)
     structured_remaining, structured_reset_at = _parse_structured_ratelimit(
-        headers.get("RateLimit"), now
+        found.get("ratelimit"), now
     )
     info = RateLimitInfo(
-        limit=_parse_count(_first_item(headers.get("RateLimit-Limit"))),
+        limit=_parse_count(_first_item(found.get("ratelimit-limit"))),
         remaining=remaining if remaining is not None else structured_remaining,
         reset_at=reset_at if reset_at is not None else structured_reset_at,
         window_s=window_s,
         policy_quota=quota,
-        retry_after_s=_parse_retry_after(headers.get("Retry-After"), now),
+        retry_after_s=_parse_retry_after(found.get("retry-after"), now),
     )
     return None if info == RateLimitInfo() else info
 

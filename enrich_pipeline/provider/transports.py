@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 
 import httpx
 from tenacity import (
@@ -25,11 +24,15 @@ from tenacity import (
 )
 
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.ratelimit_headers import RateLimitInfo, parse_rate_limit
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-Jitter = Callable[[float, float], float]
+from enrich_pipeline.provider.pacing import (
+    DEFAULT_MAX_IN_FLIGHT,
+    Clock,
+    Jitter,
+    Pacer,
+    Sleep,
+    StateStore,
+)
+from enrich_pipeline.provider.ratelimit_headers import parse_rate_limit
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Timeouts, refused connections and resets are transient. Other transport errors
@@ -47,69 +50,12 @@ THROTTLE_JITTER_S = 0.5
 logger = logging.getLogger(__name__)
 
 
-class RateLimitState:
-    """What the provider has told us about its rate limit, shared by every request of a client.
-
-    Kept apart from the transport so pacing can be extended (learning the rate and spacing
-    requests at it) without touching how responses are read.
-    """
-
-    def __init__(self) -> None:
-        self.limit: int | None = None
-        self.window_s: float | None = None
-        self.remaining: int | None = None
-        self.reset_at: float | None = None
-        self.blocked_until: float | None = None
-        self.in_flight = 0
-
-    def delay_s(self, now: float) -> float:
-        """How long the next request must wait before it may go out (0 = go now)."""
-        if self.blocked_until is not None and self.blocked_until > now:
-            return self.blocked_until - now
-        if self.remaining == 0 and self.reset_at is not None and self.reset_at > now:
-            return self.reset_at - now
-        return 0.0
-
-    def reserve(self, now: float) -> None:
-        """Account for a request going out now."""
-        if self.reset_at is not None and self.reset_at <= now:
-            # The window rolled over; what is left in the new one is unknown until a response says.
-            self.remaining = None
-            self.reset_at = None
-        if self.remaining is not None:
-            self.remaining = max(0, self.remaining - 1)
-        self.in_flight += 1
-
-    def release(self) -> None:
-        self.in_flight -= 1
-
-    def observe(self, info: RateLimitInfo | None, status_code: int, now: float) -> None:
-        """Learn from one response (called after ``release`` for that request)."""
-        if info is not None:
-            limit = info.limit if info.limit is not None else info.policy_quota
-            if limit is not None:
-                self.limit = limit
-            if info.window_s is not None:
-                self.window_s = info.window_s
-            if info.retry_after_s is not None:
-                # Retry-After wins over every other signal, including a later window reset.
-                self.blocked_until = now + info.retry_after_s
-                self.remaining = None
-                self.reset_at = None
-                return
-            if info.remaining is not None:
-                # Requests still in flight may not be counted in this figure yet: assume they are
-                # not, so concurrent workers never overrun the window between them.
-                self.remaining = max(0, info.remaining - self.in_flight)
-                self.reset_at = info.reset_at
-            elif info.reset_at is not None:
-                self.reset_at = info.reset_at
-        if status_code == 429:
-            self.remaining = 0
-
-
 class ThrottleTransport(httpx.AsyncBaseTransport):
-    """Holds requests back while the provider's rate-limit window is used up."""
+    """Paces requests to the provider's rate limit and sizes how many are in flight.
+
+    The decisions are the ``Pacer``'s (see ``pacing``); ``store`` decides whether its state is
+    this process's alone (the default) or shared with other processes on the same key.
+    """
 
     def __init__(
         self,
@@ -119,46 +65,35 @@ class ThrottleTransport(httpx.AsyncBaseTransport):
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         jitter: Jitter = random.uniform,
-        state: RateLimitState | None = None,
         jitter_max_s: float = THROTTLE_JITTER_S,
+        store: StateStore | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._inner = inner
-        self._stats = stats
         self._clock = clock
-        self._sleep = sleep
-        self._jitter = jitter
-        self._jitter_max_s = jitter_max_s
-        self.state = state if state is not None else RateLimitState()
-        self._announced_until: float | None = None
+        self.pacer = Pacer(
+            stats=stats,
+            clock=clock,
+            sleep=sleep,
+            jitter=jitter,
+            jitter_max_s=jitter_max_s,
+            store=store,
+            max_in_flight=max_in_flight,
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._wait_for_slot()
+        await self.pacer.acquire()
+        sent_at = self._clock()
         try:
             response = await self._inner.handle_async_request(request)
-        finally:
-            self.state.release()
-        now = self._clock()
-        self.state.observe(parse_rate_limit(response.headers, now), response.status_code, now)
+        except BaseException:
+            self.pacer.abandon()
+            raise
+        self.pacer.complete(response.headers, response.status_code, self._clock() - sent_at)
         return response
 
-    async def _wait_for_slot(self) -> None:
-        # Re-check after every pause: another response may have moved the deadline meanwhile.
-        # Checking and reserving happen with no await in between, so no lock is needed.
-        while (delay := self.state.delay_s(now := self._clock())) > 0:
-            self._announce(now + delay, delay)
-            pause = delay + self._jitter(0.0, self._jitter_max_s)
-            self._stats.throttle_waits += 1
-            self._stats.throttle_wait_s += pause
-            await self._sleep(pause)
-        self.state.reserve(self._clock())
-
-    def _announce(self, until: float, delay: float) -> None:
-        # Every waiting worker sees the same deadline; say it once.
-        if self._announced_until != until:
-            self._announced_until = until
-            logger.info("Provider rate limit reached: pausing requests for %.1f s", delay)
-
     async def aclose(self) -> None:
+        self.pacer.close()
         await self._inner.aclose()
 
 
@@ -192,6 +127,26 @@ class RetryTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # A streamed body can be consumed only once; buffering it makes every attempt resendable.
         await request.aread()
+        # Nearly every call succeeds at once, and setting up a retry loop costs more than the
+        # rest of the client's work on a call: make the first attempt before building one.
+        first: httpx.Response | Exception
+        try:
+            first = await self._attempt(request)
+        except TRANSIENT_ERRORS as exc:
+            first = exc
+        else:
+            if not _is_retryable(first) or self._max_attempts <= 1:
+                return first
+        replay = [first]
+
+        async def attempt(request: httpx.Request) -> httpx.Response:
+            if replay:  # tenacity's first attempt is the one already made
+                outcome = replay.pop()
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return outcome
+            return await self._attempt(request)
+
         # A fresh AsyncRetrying per request: its iteration state is not safe to share between
         # concurrent tasks.
         retrying = AsyncRetrying(
@@ -202,7 +157,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             before_sleep=self._before_sleep,
             retry_error_callback=_last_outcome,
         )
-        response: httpx.Response = await retrying(self._attempt, request)
+        response: httpx.Response = await retrying(attempt, request)
         return response
 
     async def _attempt(self, request: httpx.Request) -> httpx.Response:
@@ -211,9 +166,9 @@ class RetryTransport(httpx.AsyncBaseTransport):
         self._stats.record_response(response.status_code)
         if response.status_code == 429:
             self._stats.rate_limited += 1
-        if (used := _header_int(response.headers, "Credits-Used")) is not None:
+        if (used := header_int(response.headers, "Credits-Used")) is not None:
             self._stats.credits_used += used
-        if (left := _header_int(response.headers, "Credits-Remaining")) is not None:
+        if (left := header_int(response.headers, "Credits-Remaining")) is not None:
             self._stats.credits_remaining = left
         return response
 
@@ -262,7 +217,8 @@ def _last_outcome(state: RetryCallState) -> httpx.Response:
     return response
 
 
-def _header_int(headers: httpx.Headers, name: str) -> int | None:
+def header_int(headers: httpx.Headers, name: str) -> int | None:
+    """An integer header's value; ``None`` when absent or not an integer."""
     value = headers.get(name)
     if value is None:
         return None

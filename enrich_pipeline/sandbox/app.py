@@ -174,13 +174,16 @@ class _Sandbox:
         self._sleep = sleep
         self._rng = random.Random(config.seed)
         self._credits_left = config.credits
-        limit = config.rate_limit_per_min
+        limit, window = config.rate_limit_per_min, config.rate_window_s
         self._limiter = (
-            None if limit is None else make_limiter(config.limit_algorithm, limit, clock)
+            None
+            if limit is None
+            else make_limiter(config.limit_algorithm, limit, clock, window_s=window)
         )
-        self._policy = (
-            f"{limit}/min" if config.header_style == "draft" else f'"default";q={limit};w=60'
-        )
+        if config.header_style == "ietf":
+            self._policy = f'"default";q={limit};w={window:g}'
+        else:
+            self._policy = f"{limit}/min" if window == 60 else f"{limit};w={window:g}"
 
     def _rate_headers(self, decision: Decision) -> dict[str, str]:
         if self.config.header_style == "draft":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ class SandboxConfig:
     match_rate: float = 0.85
     latency_ms: float = 20.0
     rate_limit_per_min: int | None = 600
+    # The limit above applies per window of this many seconds (a minute unless shortened, e.g.
+    # so a test can cross several windows quickly).
+    rate_window_s: float = 60.0
     limit_algorithm: LimitAlgorithm = "fixed_window"
     header_style: HeaderStyle = "draft"
     bulk_cost: BulkCost = "request"
@@ -36,6 +40,8 @@ class SandboxConfig:
                 raise ValueError(f"{name} must not be negative")
         if self.rate_limit_per_min is not None and self.rate_limit_per_min < 1:
             raise ValueError("rate_limit_per_min must be at least 1, or None for unlimited")
+        if not 0 < self.rate_window_s < math.inf:
+            raise ValueError("rate_window_s must be a positive number of seconds")
         if self.credits is not None and self.credits < 0:
             raise ValueError("credits must not be negative")
         _check_choice("limit_algorithm", self.limit_algorithm, LimitAlgorithm)
@@ -117,6 +123,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "600",
         "Requests per minute; `0` or `none` means unlimited (no rate-limit headers).",
         _rate_limit,
+    ),
+    EnvVar(
+        "ENRICH_SANDBOX_RATE_WINDOW_S",
+        "rate_window_s",
+        "60",
+        "Seconds in a rate-limit window: `ENRICH_SANDBOX_RATE_LIMIT` requests per window.",
+        float,
     ),
     EnvVar(
         "ENRICH_SANDBOX_LIMIT_ALGORITHM",

@@ -1,4 +1,4 @@
-"""Server-side rate limiting for the sandbox: fixed minute windows or a token bucket.
+"""Server-side rate limiting for the sandbox: fixed windows (a minute by default) or a token bucket.
 
 Both limiters are synchronous and never await, so a decision is atomic under asyncio.
 """
@@ -39,23 +39,26 @@ def _retry_after(wait_s: float) -> int:
 
 
 class FixedWindowLimiter:
-    """``limit`` units per window; windows are aligned to multiples of 60 s of the epoch."""
+    """``limit`` units per window; windows are aligned to multiples of ``window_s`` of the epoch."""
 
-    def __init__(self, limit: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, limit: int, clock: Callable[[], float] = time.time, window_s: float = WINDOW_S
+    ) -> None:
         self.limit = limit
         self._clock = clock
-        self._window_start = -1
+        self._window_s = window_s
+        self._window_start = -1.0
         self._used = 0
 
     def acquire(self, cost: int = 1) -> Decision:
         now = self._clock()
-        window_start = int(now // WINDOW_S) * WINDOW_S
+        window_start = (now // self._window_s) * self._window_s
         if window_start != self._window_start:
             self._window_start = window_start
             self._used = 0
         # A cost above the capacity could never pass; capped, it passes in a fresh window.
         cost = min(cost, self.limit)
-        reset = window_start + WINDOW_S
+        reset = window_start + self._window_s
         allowed = self._used + cost <= self.limit
         if allowed:
             self._used += cost
@@ -63,22 +66,24 @@ class FixedWindowLimiter:
             allowed=allowed,
             limit=self.limit,
             remaining=self.limit - self._used,
-            reset_epoch_s=reset,
+            reset_epoch_s=math.ceil(reset),
             reset_after_s=math.ceil(reset - now),
             retry_after_s=0 if allowed else _retry_after(reset - now),
         )
 
 
 class TokenBucketLimiter:
-    """Bucket of ``limit`` tokens refilled at ``limit / 60`` per second.
+    """Bucket of ``limit`` tokens refilled at ``limit / window_s`` per second.
 
     The reset reported is when the next whole token arrives (now when the bucket is full).
     """
 
-    def __init__(self, limit: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, limit: int, clock: Callable[[], float] = time.time, window_s: float = WINDOW_S
+    ) -> None:
         self.limit = limit
         self._clock = clock
-        self._rate = limit / WINDOW_S
+        self._rate = limit / window_s
         self._tokens = float(limit)
         self._updated = clock()
 
@@ -106,8 +111,11 @@ class TokenBucketLimiter:
 
 
 def make_limiter(
-    algorithm: LimitAlgorithm, limit: int, clock: Callable[[], float] = time.time
+    algorithm: LimitAlgorithm,
+    limit: int,
+    clock: Callable[[], float] = time.time,
+    window_s: float = WINDOW_S,
 ) -> RateLimiter:
     if algorithm == "token_bucket":
-        return TokenBucketLimiter(limit, clock)
-    return FixedWindowLimiter(limit, clock)
+        return TokenBucketLimiter(limit, clock, window_s)
+    return FixedWindowLimiter(limit, clock, window_s)
