@@ -33,6 +33,10 @@ format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# make bench BENCH_ARGS=--quick for a shorter run.
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.bench_rate_limit $(BENCH_ARGS)
+
 bench-local: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.bench_local
 
