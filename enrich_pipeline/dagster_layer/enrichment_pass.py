@@ -4,19 +4,25 @@ records, write results per chunk on a fresh short connection, and report the cos
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import duckdb
 from dagster import AssetExecutionContext, Failure, MaterializeResult, get_dagster_logger
 
 from enrich_pipeline.dagster_layer.metadata import enrichment_metadata, preview
-from enrich_pipeline.dagster_layer.resources import EnrichmentResource, WarehouseResource
+from enrich_pipeline.dagster_layer.partitions import describe_window, partition_window
+from enrich_pipeline.dagster_layer.resources import (
+    EnrichmentResource,
+    PipelineSettings,
+    WarehouseResource,
+)
 from enrich_pipeline.enrichment_run import PassReport, enrich_in_chunks
 from enrich_pipeline.provider.errors import ProviderError
 from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind
-from enrich_pipeline.warehouse.enrichment import StaleSelection
+from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection
 
 # Writes one chunk; a store that keeps a history of changes (persons: job changes) returns how
 # many it recorded.
@@ -27,20 +33,27 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# Chooses the window's records that are missing or past their TTL.
+Select = Callable[[duckdb.DuckDBPyConnection, date, date, datetime, Freshness], StaleSelection[Any]]
+
+
 def run_enrichment_pass(
     context: AssetExecutionContext,
     *,
     kind: Kind,
-    window: str,
-    selection: StaleSelection[Any],
+    select: Select,
+    store: Store,
+    preview_sql: str,
     enrichment: EnrichmentResource,
     warehouse: WarehouseResource,
-    store: Store,
-    chunk_size: int,
-    preview_sql: str,
-    preview_params: list[Any],
-    started: float,
+    pipeline: PipelineSettings,
 ) -> MaterializeResult:
+    """``preview_sql`` takes the window's start and end dates as its two parameters."""
+    started = time.monotonic()
+    start, end = partition_window(context)
+    window = describe_window(start, end)
+    with warehouse.connect() as con:
+        selection = select(con, start, end, utc_now(), pipeline.freshness)
     stats = CallStats()
     report = PassReport(requested=len(selection.queries))
     changes = 0
@@ -62,7 +75,7 @@ def run_enrichment_pass(
                 kind,
                 selection.queries,
                 write_chunk,
-                chunk_size=chunk_size,
+                chunk_size=pipeline.chunk_size,
                 report=report,
             )
 
@@ -93,7 +106,7 @@ def run_enrichment_pass(
             f"{stats.deferred} look-ups left for the next run"
         )
     with warehouse.connect() as con:
-        sample = con.execute(preview_sql, preview_params).df()
+        sample = con.execute(preview_sql, [start, end]).df()
     result_metadata = {**metadata(), "preview": preview(sample)}
     context.log.info(
         f"{kind} enrichment done: {report.matched} matched, {report.no_match} no match, "

@@ -1,18 +1,11 @@
 """``enriched_companies``: firmographics for every company domain the window's contacts
 work at (free-mail domains skipped), when missing or past its TTL."""
 
-import time
-
 from dagster import AssetExecutionContext, MaterializeResult
 
 from enrich_pipeline.dagster_layer.assets.enriched_persons import enriched_persons
-from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass, utc_now
-from enrich_pipeline.dagster_layer.partitions import (
-    ENRICHMENT_API_POOL,
-    contact_asset,
-    describe_window,
-    partition_window,
-)
+from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass
+from enrich_pipeline.dagster_layer.partitions import ENRICHMENT_API_POOL, contact_asset
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineSettings,
@@ -44,20 +37,13 @@ def enriched_companies(
     enrichment: EnrichmentResource,
     pipeline: PipelineSettings,
 ) -> MaterializeResult:
-    started = time.monotonic()
-    start, end = partition_window(context)
-    with warehouse.connect() as con:
-        selection = stale_companies(con, start, end, utc_now(), pipeline.freshness)
     return run_enrichment_pass(
         context,
         kind="company",
-        window=describe_window(start, end),
-        selection=selection,
+        select=stale_companies,
+        store=store_companies,
+        preview_sql=_PREVIEW,
         enrichment=enrichment,
         warehouse=warehouse,
-        store=store_companies,
-        chunk_size=pipeline.chunk_size,
-        preview_sql=_PREVIEW,
-        preview_params=[start, end],
-        started=started,
+        pipeline=pipeline,
     )

@@ -1,17 +1,10 @@
 """``enriched_persons``: a person look-up for every identity that is missing or past its TTL."""
 
-import time
-
 from dagster import AssetExecutionContext, MaterializeResult
 
 from enrich_pipeline.dagster_layer.assets.raw_contacts import raw_contacts
-from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass, utc_now
-from enrich_pipeline.dagster_layer.partitions import (
-    ENRICHMENT_API_POOL,
-    contact_asset,
-    describe_window,
-    partition_window,
-)
+from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass
+from enrich_pipeline.dagster_layer.partitions import ENRICHMENT_API_POOL, contact_asset
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineSettings,
@@ -45,20 +38,13 @@ def enriched_persons(
     enrichment: EnrichmentResource,
     pipeline: PipelineSettings,
 ) -> MaterializeResult:
-    started = time.monotonic()
-    start, end = partition_window(context)
-    with warehouse.connect() as con:
-        selection = stale_persons(con, start, end, utc_now(), pipeline.freshness)
     return run_enrichment_pass(
         context,
         kind="person",
-        window=describe_window(start, end),
-        selection=selection,
+        select=stale_persons,
+        store=store_persons,
+        preview_sql=_PREVIEW,
         enrichment=enrichment,
         warehouse=warehouse,
-        store=store_persons,
-        chunk_size=pipeline.chunk_size,
-        preview_sql=_PREVIEW,
-        preview_params=[start, end],
-        started=started,
+        pipeline=pipeline,
     )
