@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev lint format bench bench-local clean
+.PHONY: demo test dev lint format bench bench-local bench-latency clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: $(BIN)/.installed
 
 bench-local: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.bench_local
+
+bench-latency: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.bench_latency
 
 clean:
 	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/exports

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
 
+from enrich_pipeline.destinations.files import CSV_FILE_NAME
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import connect
-from enrich_pipeline.warehouse.crm import EXPORT_FILE_NAME
 
 SAMPLE = Path("data/sample_contacts.csv")
 
@@ -81,7 +81,7 @@ def main() -> int:
     instance = DagsterInstance.get()
     persons_run = _run_metadata(instance, "enriched_persons")
     companies_run = _run_metadata(instance, "enriched_companies")
-    export = Path(settings.export_dir) / EXPORT_FILE_NAME
+    export = Path(settings.export_dir) / CSV_FILE_NAME
     calls = int(persons_run.get("api_calls", 0)) + int(companies_run.get("api_calls", 0))
     saved = int(persons_run.get("calls_saved_fresh", 0)) + int(
         companies_run.get("calls_saved_fresh", 0)

@@ -78,6 +78,7 @@ PROFILES: dict[str, FieldProfile] = {
                 "industry",
                 "employee_count",
                 "linkedin_url",
+                "job_changed_at",
             ),
         ),
         FieldProfile(
@@ -112,6 +113,7 @@ PROFILES: dict[str, FieldProfile] = {
                 "country",
                 "industry",
                 "employee_count",
+                "job_changed_at",
             ),
         ),
         FieldProfile(

@@ -13,12 +13,14 @@ import duckdb
 import pytest
 from dagster import DagsterInstance
 
+from enrich_pipeline.destinations.files import write_crm_files
+from enrich_pipeline.field_profiles import field_profile
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.provider.models import EnrichmentResult, Outcome
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
-from enrich_pipeline.warehouse.crm import export_crm_csv, merge_crm_contacts
+from enrich_pipeline.warehouse.crm import merge_crm_contacts
 from enrich_pipeline.warehouse.enrichment import store_persons
 from enrich_pipeline_tests.helpers import materialise_range, metadata_of
 
@@ -235,7 +237,10 @@ def test_the_crm_record_is_rebuilt_with_the_job_change_date_and_exported(
 
     store_persons(con, [matched("ada@ae.io", **{**ANALYST_AT_AE, "job_title": "CTO"})], LATER)
     report = merge_crm_contacts(con, START, END, LATER + timedelta(seconds=1))
-    _, rows = export_crm_csv(con, tmp_path / "exports")
+    exported_files = write_crm_files(
+        con, tmp_path / "exports", field_profile("sales_prospecting").crm_columns
+    )
+    rows = exported_files.rows
 
     assert (report.updated, report.unchanged) == (1, 1)
     ada = crm_record(con, "ada@ae.io")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -18,9 +16,6 @@ from enrich_pipeline.provider.models import EnrichmentResult, Outcome
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 from enrich_pipeline.warehouse.crm import (
-    EXPORT_FILE_NAME,
-    HUBSPOT_COLUMNS,
-    export_crm_csv,
     merge_crm_contacts,
 )
 from enrich_pipeline.warehouse.enrichment import store_companies, store_persons
@@ -270,70 +265,6 @@ def test_a_record_whose_email_no_lead_produces_any_more_is_removed(
 
     assert report.removed == 1
     assert set(crm_records(con)) == {"alan@manchester.example"}
-
-
-def test_export_writes_hubspot_labels_one_row_per_record(
-    con: duckdb.DuckDBPyConnection, tmp_path: Path
-) -> None:
-    leads(con, ADA_LEAD, {"email": "grace@navy.mil", "first_name": "Grace"})
-    store_persons(con, [ADA_PROFILE], NOW)
-    merge_crm_contacts(con, START, END, NOW)
-    # A quote in the directory name must not break the export's SQL.
-    export_dir = tmp_path / "O'Brien's exports"
-
-    target, rows = export_crm_csv(con, export_dir)
-
-    assert target == export_dir / EXPORT_FILE_NAME
-    with target.open(newline="", encoding="utf-8") as fh:
-        table = list(csv.reader(fh))
-    # HubSpot's labels, then ours (a custom property in HubSpot).
-    assert table[0] == [label for _, label in HUBSPOT_COLUMNS] + ["Job Change Date"]
-    records = [dict(zip(table[0], row, strict=True)) for row in table[1:]]
-    assert rows == len(records) == 2
-    assert [r["Email"] for r in records] == ["ada@ae.io", "grace@navy.mil"]
-    assert records[0]["First Name"] == "Ada"
-    assert records[0]["Job Title"] == "Chief Mathematician"
-    assert records[1]["First Name"] == "Grace"
-    assert records[0]["Job Change Date"] == ""
-    assert os.listdir(export_dir) == [EXPORT_FILE_NAME]
-
-
-def test_export_replaces_the_previous_file(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    export_dir = tmp_path / "exports"
-    leads(con, {"email": "grace@navy.mil"})
-    merge_crm_contacts(con, START, END, NOW)
-    export_crm_csv(con, export_dir)
-
-    leads(con, {"email": "ada@ae.io", "received_at": "2026-09-02 10:00"})
-    merge_crm_contacts(con, START, END, NOW)
-    target, rows = export_crm_csv(con, export_dir)
-
-    lines = target.read_text(encoding="utf-8").splitlines()
-    assert rows == 2
-    assert [line.split(",")[0] for line in lines[1:]] == ["ada@ae.io", "grace@navy.mil"]
-    assert os.listdir(export_dir) == [EXPORT_FILE_NAME]
-
-
-def test_a_failed_export_leaves_the_previous_file_and_no_partial(
-    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    export_dir = tmp_path / "exports"
-    leads(con, {"email": "grace@navy.mil"})
-    merge_crm_contacts(con, START, END, NOW)
-    target, _ = export_crm_csv(con, export_dir)
-    previous = target.read_bytes()
-    leads(con, {"email": "ada@ae.io", "received_at": "2026-09-02 10:00"})
-    merge_crm_contacts(con, START, END, NOW)
-
-    def fail_replace(src: object, dst: object) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail_replace)
-    with pytest.raises(OSError, match="disk full"):
-        export_crm_csv(con, export_dir)
-
-    assert target.read_bytes() == previous
-    assert os.listdir(export_dir) == [EXPORT_FILE_NAME]
 
 
 def test_a_different_merge_policy_merges_every_record_again(

@@ -112,7 +112,6 @@ class PipelineSettings(ConfigurableResource):
     company_ttl_days: int = 90
     no_match_retry_days: int = 14
     chunk_size: int = 200
-    export_dir: str = "data/exports"
     field_profile: str = DEFAULT_PROFILE
     min_match_confidence: str = Confidence.MODERATE.value
     crm_destinations: list[str] = Field(default_factory=lambda: ["file"])

@@ -1,41 +1,14 @@
-"""One CRM-ready record per normalised email: lead + person + company, merged in SQL, and the
-import-ready CSV written from it atomically."""
+"""One CRM-ready record per normalised email: lead + person + company, merged in SQL by the
+merge policy. Where the records go from here is ``enrich_pipeline.destinations``."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from pathlib import Path
+from datetime import date, datetime
 
 import duckdb
 
 from enrich_pipeline.merge_policy import DEFAULT_POLICY, MergePolicy, provenance_sql, value_sql
-
-EXPORT_FILE_NAME = "crm_contacts.csv"
-
-# HubSpot import labels (matched to contact properties by label), in export order.
-HUBSPOT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("email", "Email"),
-    ("first_name", "First Name"),
-    ("last_name", "Last Name"),
-    ("phone", "Phone Number"),
-    ("mobile_phone", "Mobile Phone Number"),
-    ("job_title", "Job Title"),
-    ("company_name", "Company Name"),
-    ("website", "Website URL"),
-    ("city", "City"),
-    ("state", "State/Region"),
-    ("country", "Country/Region"),
-    ("industry", "Industry"),
-    ("employee_count", "Number of Employees"),
-    ("linkedin_url", "LinkedIn URL"),
-)
-# Ours, after HubSpot's: in HubSpot this needs a custom contact property (date picker) with the
-# same label before the import can map it.
-CUSTOM_COLUMNS: tuple[tuple[str, str], ...] = (("CAST(job_changed_at AS DATE)", "Job Change Date"),)
-# (SQL expression over crm_contacts, CSV header), in export order.
-EXPORT_COLUMNS = HUBSPOT_COLUMNS + CUSTOM_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -262,38 +235,3 @@ def merge_crm_contacts(
         removed=removed,
         from_enrichment_email=from_enrichment,
     )
-
-
-def export_is_current(con: duckdb.DuckDBPyConnection, export_dir: str | Path) -> bool:
-    """The file exists and nothing in ``crm_contacts`` was merged after it was written."""
-    target = Path(export_dir) / EXPORT_FILE_NAME
-    if not target.exists():
-        return False
-    written = datetime.fromtimestamp(target.stat().st_mtime, UTC).replace(tzinfo=None)
-    last_merge = con.execute("SELECT max(updated_at) FROM crm_contacts").fetchone()[0]  # type: ignore[index]
-    return last_merge is not None and last_merge < written
-
-
-def export_crm_csv(con: duckdb.DuckDBPyConnection, export_dir: str | Path) -> tuple[Path, int]:
-    """Write every CRM record to ``crm_contacts.csv`` with HubSpot import labels (then our own
-    columns). Written to a temporary file and renamed into place, so a reader never sees half a
-    file."""
-    directory = Path(export_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / EXPORT_FILE_NAME
-    partial = directory / f".{EXPORT_FILE_NAME}.{os.getpid()}.tmp"
-    select = ", ".join(f'{expression} AS "{label}"' for expression, label in EXPORT_COLUMNS)
-    try:
-        con.execute(
-            f"COPY (SELECT {select} FROM crm_contacts ORDER BY email) "
-            f"TO '{_sql_string(partial)}' (FORMAT csv, HEADER true)"
-        )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    rows = con.execute("SELECT count(*) FROM crm_contacts").fetchone()[0]  # type: ignore[index]
-    return target, rows
-
-
-def _sql_string(path: Path) -> str:
-    return str(path).replace("'", "''")

@@ -48,7 +48,7 @@ class StaleSelection(Generic[Q]):
         return self.total - len(self.queries)
 
 
-def _stale_condition(alias: str, ttl_days: int, no_match_days: int) -> str:
+def stale_condition(alias: str, ttl_days: int, no_match_days: int) -> str:
     return f"""(
         {alias}.status IS NULL
         OR {alias}.status = 'error'
@@ -68,7 +68,7 @@ def stale_persons(
         f"""
         CREATE OR REPLACE TEMP TABLE stale_persons AS
         SELECT identity, {
-            _stale_condition("p", freshness.person_ttl_days, freshness.no_match_retry_days)
+            stale_condition("p", freshness.person_ttl_days, freshness.no_match_retry_days)
         } AS stale
         FROM (
             SELECT DISTINCT identity FROM clean_contacts
@@ -137,7 +137,7 @@ def stale_companies(
             WHERE c.partition_date >= $start AND c.partition_date < $end
         )
         SELECT d.domain, {
-            _stale_condition("e", freshness.company_ttl_days, freshness.no_match_retry_days)
+            stale_condition("e", freshness.company_ttl_days, freshness.no_match_retry_days)
         } AS stale
         FROM domains d
         LEFT JOIN company_enrichment e USING (domain)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import duckdb
 
-from enrich_pipeline.warehouse.enrichment import Freshness, _stale_condition
+from enrich_pipeline.warehouse.enrichment import Freshness, stale_condition
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -99,7 +99,7 @@ class Staleness:
 def _staleness(
     con: duckdb.DuckDBPyConnection, table: str, ttl_days: int, no_match_days: int, now: datetime
 ) -> Staleness:
-    stale = _stale_condition("t", ttl_days, no_match_days)
+    stale = stale_condition("t", ttl_days, no_match_days)
     rows = con.execute(
         f"SELECT status, count(*), count(*) FILTER (WHERE {stale}) FROM {table} t GROUP BY ALL",
         {"now": now},

@@ -1,12 +1,17 @@
-"""``crm_exports``: one CRM-ready record per normalised email, in the warehouse and as an
-import-ready CSV with HubSpot's column labels."""
+"""``crm_exports``: one CRM-ready record per normalised email in the warehouse, delivered to every
+destination in ``ENRICH_CRM_DESTINATIONS`` (files, HubSpot), each receiving only what changed."""
 
 import time
-from pathlib import Path
+from typing import Any
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
+from dagster import AssetExecutionContext, Failure, MaterializeResult
 
 from enrich_pipeline.dagster_layer.assets.enriched_companies import enriched_companies
+from enrich_pipeline.dagster_layer.destinations import (
+    DestinationReport,
+    FileDestination,
+    HubSpotDestination,
+)
 from enrich_pipeline.dagster_layer.enrichment_pass import utc_now
 from enrich_pipeline.dagster_layer.metadata import duration_since, preview
 from enrich_pipeline.dagster_layer.partitions import (
@@ -15,37 +20,31 @@ from enrich_pipeline.dagster_layer.partitions import (
     partition_window,
 )
 from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
-from enrich_pipeline.warehouse.crm import (
-    EXPORT_FILE_NAME,
-    export_crm_csv,
-    export_is_current,
-    merge_crm_contacts,
-)
+from enrich_pipeline.warehouse.crm import merge_crm_contacts
 
 
 @contact_asset(
     deps=[enriched_companies],
-    kinds={"duckdb", "csv"},
+    kinds={"duckdb", "csv", "hubspot"},
     description=(
         "Lead + person + company merged into one record per normalised email (table "
-        "crm_contacts; what a person typed wins for name and phone, enrichment fills the rest) "
-        "and written to crm_contacts.csv with HubSpot import labels; job_changed_at (CSV: Job "
-        "Change Date) is the latest job change detected for the person."
+        "crm_contacts, by the merge policy), then delivered to each configured destination: "
+        "file (crm_contacts.csv with HubSpot import labels, crm_contacts.parquet) and/or "
+        "HubSpot (batch upsert by email). Each destination receives the field profile's "
+        "columns, and only the records that changed since it last received them."
     ),
 )
 def crm_exports(
-    context: AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineSettings
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    pipeline: PipelineSettings,
+    file_destination: FileDestination,
+    hubspot_destination: HubSpotDestination,
 ) -> MaterializeResult:
     started = time.monotonic()
     start, end = partition_window(context)
     with warehouse.connect() as con:
-        merged = merge_crm_contacts(con, start, end, utc_now())
-        rewrite = merged.changed or not export_is_current(con, pipeline.export_dir)
-        if rewrite:
-            path, exported = export_crm_csv(con, pipeline.export_dir)
-        else:
-            path = Path(pipeline.export_dir) / EXPORT_FILE_NAME
-            exported = con.execute("SELECT count(*) FROM crm_contacts").fetchone()[0]
+        merged = merge_crm_contacts(con, start, end, utc_now(), pipeline.merge_policy)
         sample = con.execute(
             """
             SELECT email, first_name, last_name, job_title, company_name, industry,
@@ -62,23 +61,40 @@ def crm_exports(
         ).fetchone()[0]  # type: ignore[index]
     context.log.info(
         f"{merged.records} CRM records in the window: {merged.created} new, {merged.updated} "
-        f"updated, {merged.unchanged} unchanged, {merged.removed} removed; {path} "
-        + (f"rewritten ({exported} rows)" if rewrite else "already current")
+        f"updated, {merged.unchanged} unchanged, {merged.removed} removed"
     )
-    return MaterializeResult(
-        metadata={
-            "partition_window": describe_window(start, end),
-            "crm_records_in_window": merged.records,
-            "created": merged.created,
-            "updated": merged.updated,
-            "unchanged": merged.unchanged,
-            "removed": merged.removed,
-            "export_rewritten": rewrite,
-            "email_found_by_enrichment": merged.from_enrichment_email,
-            "records_with_job_change": job_changed,
-            "export_path": MetadataValue.path(str(path.resolve())),
-            "export_rows": exported,
-            "duration_s": duration_since(started),
-            "preview": preview(sample),
-        }
-    )
+    metadata: dict[str, Any] = {
+        "partition_window": describe_window(start, end),
+        "crm_records_in_window": merged.records,
+        "created": merged.created,
+        "updated": merged.updated,
+        "unchanged": merged.unchanged,
+        "removed": merged.removed,
+        "email_found_by_enrichment": merged.from_enrichment_email,
+        "records_with_job_change": job_changed,
+        "field_profile": pipeline.field_profile,
+        "destinations": ", ".join(pipeline.crm_destinations),
+    }
+    # Every destination gets its turn even when another fails (a HubSpot outage must not hold
+    # back the files); the run fails afterwards, naming each destination that did.
+    destinations = {"file": file_destination, "hubspot": hubspot_destination}
+    failed: list[str] = []
+    for name in pipeline.crm_destinations:
+        if name not in destinations:
+            failed.append(f"{name}: unknown destination; choose from {', '.join(destinations)}")
+            continue
+        try:
+            report: DestinationReport = destinations[name].deliver(
+                warehouse, pipeline.export_columns, context.log
+            )
+        except Failure as exc:
+            context.log.error(f"{name}: {exc.description}")
+            failed.append(f"{name}: {exc.description}")
+            metadata.update(exc.metadata)
+            continue
+        metadata.update(report.metadata(name))
+    metadata["duration_s"] = duration_since(started)
+    metadata["preview"] = preview(sample)
+    if failed:
+        raise Failure(description="; ".join(failed), metadata=metadata)
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,82 @@
+"""``stale_refresh_schedule``: every day at 03:00 UTC, an enrich_contacts run for every range of
+days holding a record past its TTL, so stale records are refreshed without anyone asking. The
+assets then call the API only for the stale records."""
+
+from datetime import UTC
+from pathlib import Path
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from enrich_pipeline.dagster_layer.jobs import (
+    enrich_contacts_job,
+    range_run_request,
+    split_by_partitions,
+)
+from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
+from enrich_pipeline.warehouse.automation import contiguous_ranges, refresh_needs
+from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
+
+SCHEDULE_NAME = "stale_refresh_schedule"
+
+# Evaluation times out at 60 s; a missed refresh waits a day, so wait longer than the sensor.
+SCHEDULE_LOCK_WAIT_S = 30.0
+
+
+@schedule(
+    name=SCHEDULE_NAME,
+    job=enrich_contacts_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description=(
+        "Daily at 03:00 UTC: an enrich_contacts run per contiguous range of days holding a "
+        "person, no-match or company record past its TTL (ENRICH_PERSON_TTL_DAYS, "
+        "ENRICH_NO_MATCH_RETRY_DAYS, ENRICH_COMPANY_TTL_DAYS), an error, a record never "
+        "enriched, or landed rows not yet built."
+    ),
+)
+def stale_refresh_schedule(
+    context: ScheduleEvaluationContext, warehouse: WarehouseResource, pipeline: PipelineSettings
+) -> list[RunRequest] | SkipReason:
+    scheduled = context.scheduled_execution_time.astimezone(UTC)
+    if not Path(warehouse.path).exists():
+        return SkipReason(f"no warehouse at {warehouse.path} yet: nothing to refresh")
+    try:
+        with connect(
+            warehouse.path,
+            read_only=True,
+            lock_timeout_s=min(warehouse.lock_timeout_s, SCHEDULE_LOCK_WAIT_S),
+            memory_limit=warehouse.memory_limit,
+        ) as con:
+            needs = refresh_needs(con, scheduled.replace(tzinfo=None), pipeline.freshness)
+    except WarehouseBusy as exc:
+        return SkipReason(f"{exc}. Stale records wait for the next refresh.")
+    days, no_partition = split_by_partitions(needs.days)
+    if no_partition:
+        context.log.warning(
+            f"{len(no_partition)} days with work have no partition (before "
+            f"ENRICH_PARTITION_START, or not come yet): {', '.join(map(str, no_partition))}"
+        )
+    if not days:
+        return SkipReason("no record is past its TTL")
+    ranges = contiguous_ranges(days)
+    context.log.info(
+        f"{needs.stale_persons} person and {needs.stale_companies} company records to refresh, "
+        f"{len(needs.unbuilt_days)} days with rows not yet built: {len(days)} days in "
+        f"{len(ranges)} runs ({', '.join(map(str, ranges))})"
+    )
+    day = scheduled.date().isoformat()
+    return [
+        range_run_request(
+            window,
+            run_key=f"stale-refresh:{day}:{window}",
+            tags={"enrich/trigger": SCHEDULE_NAME, "enrich/refresh_date": day},
+        )
+        for window in ranges
+    ]
