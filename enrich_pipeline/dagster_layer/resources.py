@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import duckdb
 import httpx
@@ -38,6 +39,22 @@ class WarehouseResource(ConfigurableResource):
         default=30.0, description="how long to wait for another process's write lock"
     )
     memory_limit: str = Field(default="1GB", description="DuckDB memory cap per connection")
+
+    @property
+    def exists(self) -> bool:
+        return Path(self.path).exists()
+
+    @contextmanager
+    def read(self, max_wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Read-only, for sensors and schedules: a writer holding the file longer than
+        ``max_wait_s`` raises ``WarehouseBusy`` instead of stalling the daemon."""
+        with connect(
+            self.path,
+            read_only=True,
+            lock_timeout_s=min(self.lock_timeout_s, max_wait_s),
+            memory_limit=self.memory_limit,
+        ) as con:
+            yield con
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -3,7 +3,6 @@ days holding a record past its TTL, so stale records are refreshed without anyon
 assets then call the API only for the stale records."""
 
 from datetime import UTC
-from pathlib import Path
 
 from dagster import (
     DefaultScheduleStatus,
@@ -20,7 +19,7 @@ from enrich_pipeline.dagster_layer.jobs import (
 )
 from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
 from enrich_pipeline.warehouse.automation import contiguous_ranges, refresh_needs
-from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
+from enrich_pipeline.warehouse.connection import WarehouseBusy
 
 SCHEDULE_NAME = "stale_refresh_schedule"
 
@@ -45,15 +44,10 @@ def stale_refresh_schedule(
     context: ScheduleEvaluationContext, warehouse: WarehouseResource, pipeline: PipelineSettings
 ) -> list[RunRequest] | SkipReason:
     scheduled = context.scheduled_execution_time.astimezone(UTC)
-    if not Path(warehouse.path).exists():
+    if not warehouse.exists:
         return SkipReason(f"no warehouse at {warehouse.path} yet: nothing to refresh")
     try:
-        with connect(
-            warehouse.path,
-            read_only=True,
-            lock_timeout_s=min(warehouse.lock_timeout_s, SCHEDULE_LOCK_WAIT_S),
-            memory_limit=warehouse.memory_limit,
-        ) as con:
+        with warehouse.read(SCHEDULE_LOCK_WAIT_S) as con:
             needs = refresh_needs(con, scheduled.replace(tzinfo=None), pipeline.freshness)
     except WarehouseBusy as exc:
         return SkipReason(f"{exc}. Stale records wait for the next refresh.")

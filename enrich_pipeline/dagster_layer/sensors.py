@@ -2,8 +2,6 @@
 over exactly the days its rows were received on. The cursor is the highest ingest id already
 handed to a run, so no row is requested twice and none is skipped."""
 
-from pathlib import Path
-
 from dagster import (
     DefaultSensorStatus,
     SensorDefinition,
@@ -21,7 +19,7 @@ from enrich_pipeline.dagster_layer.jobs import (
 from enrich_pipeline.dagster_layer.resources import WarehouseResource
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
-from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
+from enrich_pipeline.warehouse.connection import WarehouseBusy
 
 SENSOR_NAME = "new_contacts_sensor"
 
@@ -62,15 +60,10 @@ def build_new_contacts_sensor(settings: Settings) -> SensorDefinition:
         context: SensorEvaluationContext, warehouse: WarehouseResource
     ) -> SensorResult | SkipReason:
         after = _ingest_id(context.cursor)
-        if not Path(warehouse.path).exists():
+        if not warehouse.exists:
             return SkipReason(f"no warehouse at {warehouse.path} yet: nothing has landed")
         try:
-            with connect(
-                warehouse.path,
-                read_only=True,
-                lock_timeout_s=min(warehouse.lock_timeout_s, SENSOR_LOCK_WAIT_S),
-                memory_limit=warehouse.memory_limit,
-            ) as con:
+            with warehouse.read(SENSOR_LOCK_WAIT_S) as con:
                 landed = rows_landed_after(con, after, max_rows)
         except WarehouseBusy as exc:
             return SkipReason(f"{exc}. Rows after ingest id {after} wait for the next tick.")
