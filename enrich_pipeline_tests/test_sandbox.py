@@ -544,3 +544,10 @@ def test_a_shorter_window_is_enforced_and_announced() -> None:
         (429, "2;w=2"),
         (200, "2;w=2"),
     ]
+
+
+def test_a_numbered_first_last_address_still_names_its_person() -> None:
+    response = post(cfg(), "/person/enrich", {"email": "aaron.barnes59@gmail.com"})
+    person = response.json()["matches"][0]["person"]
+    assert (person["first_name"], person["last_name"]) == ("Aaron", "Barnes")
+    assert person["linkedin_url"].startswith("linkedin.com/in/aaron-barnes-")

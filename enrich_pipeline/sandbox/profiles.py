@@ -382,6 +382,8 @@ def _ascii_slug(value: str) -> str:
 
 
 def _name_from_local_part(local: str) -> tuple[str, str] | None:
+    # "jane.doe84" is still Jane Doe: a real provider would find the person the address names.
+    local = local.rstrip("0123456789")
     for sep in (".", "_", "-"):
         parts = local.split(sep)
         if len(parts) == 2 and all(_NAME_PART.fullmatch(p) for p in parts):
