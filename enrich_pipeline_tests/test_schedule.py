@@ -31,7 +31,7 @@ from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 from enrich_pipeline.warehouse.enrichment import store_companies, store_persons
-from enrich_pipeline_tests.test_sensor import locked_by_another_process
+from enrich_pipeline_tests.helpers import held_by_another_process
 
 # This morning's 03:00 UTC tick; contacts were received on recent days so they have partitions.
 SCHEDULED = datetime.combine(datetime.now(UTC).date(), time(3), tzinfo=UTC)
@@ -175,7 +175,7 @@ def test_nothing_stale_skips(warehouse, evaluate) -> None:
 
 def test_a_busy_warehouse_skips_with_the_reason(settings, warehouse, evaluate) -> None:
     warehouse.leads(("a@gmail.com", day(3)))
-    with locked_by_another_process(settings.warehouse_path):
+    with held_by_another_process(settings.warehouse_path):
         result = evaluate()
     assert isinstance(result, SkipReason)
     assert "locked by another process" in (result.skip_message or "")

@@ -3,10 +3,7 @@ warehouse that rows are landed in as users land them."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -35,6 +32,7 @@ from enrich_pipeline.dagster_layer.sensors import build_new_contacts_sensor
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
+from enrich_pipeline_tests.helpers import held_by_another_process
 
 TODAY = datetime.now(UTC).date()
 _files = count()
@@ -99,33 +97,6 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture
 def ticks(settings: Settings, instance: DagsterInstance) -> Ticks:
     return Ticks(settings, instance)
-
-
-HOLD_LOCK = (
-    "import sys, duckdb\n"
-    "con = duckdb.connect(sys.argv[1])\n"
-    "print('holding', flush=True)\n"
-    "sys.stdin.read()\n"
-    "con.close()\n"
-)
-
-
-@contextmanager
-def locked_by_another_process(warehouse: str) -> Iterator[None]:
-    """Another process has the warehouse open read-write until the block ends."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, warehouse],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        yield
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
 
 
 def test_the_sensor_runs_by_default_at_the_configured_interval() -> None:
@@ -231,7 +202,7 @@ def test_a_warehouse_locked_by_another_process_skips_and_loses_nothing(
     cursor = ticks.cursor
     _, last = land(settings, tmp_path, ("b@acme.io", TODAY - timedelta(days=1)))
 
-    with locked_by_another_process(settings.warehouse_path):
+    with held_by_another_process(settings.warehouse_path):
         busy = ticks.tick()
 
     assert isinstance(busy, SkipReason)

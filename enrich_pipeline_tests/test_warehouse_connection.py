@@ -2,58 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from enrich_pipeline.warehouse.connection import WarehouseBusy, connect, is_lock_error
+from enrich_pipeline_tests.helpers import held_by_another_process, release
+
 
 # Opens the file for writing, says so, and keeps it open until told (a line on stdin) to close.
-_HOLDER = """
-import sys
-import duckdb
-
-con = duckdb.connect(sys.argv[1])
-print("holding", flush=True)
-sys.stdin.readline()
-con.close()
-print("released", flush=True)
-"""
-
-
-@contextmanager
-def held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "holding"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
-
-
-def release(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("close\n")
-    proc.stdin.flush()
-    assert proc.stdout.readline().strip() == "released"
-    assert proc.wait() == 0
-
-
 def test_a_held_warehouse_raises_busy_naming_the_file(tmp_path: Path) -> None:
     warehouse = tmp_path / "warehouse.duckdb"
     with connect(warehouse):
