@@ -253,3 +253,25 @@ def test_processes_on_one_key_share_the_limit_over_http(
     assert served["rate_limited"] <= 0.01 * served["requests_total"]
     arrivals_per_window = Counter(int(at // 60) for at, _ in served["events"])
     assert max(arrivals_per_window.values()) <= LIMIT_PER_MIN + 1
+
+
+def test_how_bulk_calls_are_counted_is_learned_once_for_every_process(tmp_path: Path) -> None:
+    fake = FakeTime()
+    first, second = pacer(tmp_path, fake), pacer(tmp_path, fake)
+    # 99 left after a bulk call of 100 items at a limit of 100: it counted as one request.
+    per_request = headers(RateLimit_Policy="100/min", RateLimit_Remaining="99")
+
+    async def go() -> tuple[int, int]:
+        await first.acquire()
+        first.complete(headers(RateLimit_Policy="100/min"), 200, 0.1)
+        await second.acquire()
+        second.complete(httpx.Headers(), 200, 0.1)
+        # Not known yet: a bulk call is assumed to count per item, a quarter of the limit.
+        before = second.bulk_items(100)
+        units = await first.acquire(items=100)
+        first.complete(per_request, 200, 0.1, items=100, units=units)
+        await second.acquire()
+        second.complete(httpx.Headers(), 200, 0.1)
+        return before, second.bulk_items(100)
+
+    assert asyncio.run(go()) == (25, 100)

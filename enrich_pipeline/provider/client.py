@@ -22,7 +22,7 @@ from enrich_pipeline.provider.models import (
     Query,
 )
 from enrich_pipeline.provider.pacing import DEFAULT_MAX_IN_FLIGHT
-from enrich_pipeline.provider.transports import header_int
+from enrich_pipeline.provider.transports import ITEMS_EXTENSION, header_int
 
 DEFAULT_PERSON_FIELDS = (
     "legion_id,full_name,first_name,last_name,job_title,company_name,company_domain,"
@@ -161,10 +161,11 @@ class EnrichmentClient:
         self._max_concurrency = max_concurrency
         self._max_credits = max_credits
         self._logger = logger or logging.getLogger(__name__)
-        if isinstance(http, ProviderHttpClient):
-            http.pacer.max_in_flight = max_concurrency
+        self._pacer = http.pacer if isinstance(http, ProviderHttpClient) else None
+        if self._pacer is not None:
+            self._pacer.max_in_flight = max_concurrency
             if logger is not None:
-                http.pacer.logger = logger
+                self._pacer.logger = logger
         # Only to scrub provider-supplied text that might echo it; never logged.
         self._secret = http.headers.get(API_KEY_HEADER)
 
@@ -184,8 +185,15 @@ class EnrichmentClient:
             None if self._max_credits is None else _CreditBudget(self._max_credits, self._stats)
         )
         deferred_before = self._stats.deferred
+        # The first bulk call goes alone: its answer says how the provider counts bulk calls
+        # against the rate limit, which sizes the rest (``Pacer.bulk_items``).
+        first_done = asyncio.Event()
+        if not self._use_bulk:
+            first_done.set()
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
+            if index:
+                await first_done.wait()
             while True:
                 item = await work.get()
                 try:
@@ -196,13 +204,14 @@ class EnrichmentClient:
                     fatal.append(exc)
                 finally:
                     work.task_done()
+                    first_done.set()
 
         async def signal_end() -> None:
             await work.join()
             finished.put_nowait(None)
 
         # One request per worker: the worker count is the bound on requests in flight.
-        tasks = [asyncio.create_task(worker()) for _ in range(self._max_concurrency)]
+        tasks = [asyncio.create_task(worker(index)) for index in range(self._max_concurrency)]
         tasks.append(asyncio.create_task(signal_end()))
         progress = _Progress(kind, len(queries), self._logger)
         try:
@@ -233,6 +242,13 @@ class EnrichmentClient:
         finished: asyncio.Queue[EnrichmentResult | None],
         budget: _CreditBudget | None,
     ) -> None:
+        if isinstance(item, _Bulk) and self._pacer is not None:
+            # When the provider counts bulk calls per item, calls are cut to what the limit
+            # affords; the rest goes back in the queue.
+            affordable = self._pacer.bulk_items(len(item.queries))
+            if affordable < len(item.queries):
+                work.put_nowait(_Bulk(item.queries[affordable:]))
+                item = _Bulk(item.queries[:affordable])
         if budget is None:
             for result in await self._run(kind, item, work):
                 finished.put_nowait(result)
@@ -319,7 +335,11 @@ class EnrichmentClient:
         path = f"/{kind}/enrich/bulk"
         items = [{**query.identifiers(), "metadata": {"key": query.key}} for query in queries]
         try:
-            response = await self._http.post(path, json={"items": items, **self._options(kind)})
+            response = await self._http.post(
+                path,
+                json={"items": items, **self._options(kind)},
+                extensions={ITEMS_EXTENSION: len(items)},
+            )
         except httpx.HTTPError as exc:
             return self._all_failed(queries, f"{type(exc).__name__} calling {path}")
         if response.status_code in BULK_REFUSED_STATUSES:

@@ -46,6 +46,9 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 # Spreads the workers that were all told the same Retry-After, so they do not return in a burst.
 RETRY_AFTER_JITTER_S = 1.0
 THROTTLE_JITTER_S = 0.5
+# The request extension that says how many look-ups a call carries (a bulk call's items), so
+# the throttle can count it as the provider does; absent means one.
+ITEMS_EXTENSION = "enrich_pipeline.items"
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +85,21 @@ class ThrottleTransport(httpx.AsyncBaseTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self.pacer.acquire()
+        items = int(request.extensions.get(ITEMS_EXTENSION, 1))
+        units = await self.pacer.acquire(items)
         sent_at = self._clock()
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException:
-            self.pacer.abandon()
+            self.pacer.abandon(units)
             raise
-        self.pacer.complete(response.headers, response.status_code, self._clock() - sent_at)
+        self.pacer.complete(
+            response.headers,
+            response.status_code,
+            self._clock() - sent_at,
+            items=items,
+            units=units,
+        )
         return response
 
     async def aclose(self) -> None:
