@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
 
-from enrich_pipeline.destinations.files import CSV_FILE_NAME
+from enrich_pipeline.destinations.files import export_paths
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import connect
@@ -81,7 +81,7 @@ def main() -> int:
     instance = DagsterInstance.get()
     persons_run = _run_metadata(instance, "enriched_persons")
     companies_run = _run_metadata(instance, "enriched_companies")
-    export = Path(settings.export_dir) / CSV_FILE_NAME
+    csv_path, parquet_path = export_paths(settings.export_dir)
     calls = int(persons_run.get("api_calls", 0)) + int(companies_run.get("api_calls", 0))
     saved = int(persons_run.get("calls_saved_fresh", 0)) + int(
         companies_run.get("calls_saved_fresh", 0)
@@ -102,7 +102,8 @@ def main() -> int:
         f"  time                {materialise_s:.1f}s materialising, "
         f"{time.monotonic() - started:.1f}s in all"
     )
-    print(f"  export              {export.resolve()}")
+    print(f"  export, HubSpot CSV {csv_path.resolve()}")
+    print(f"  export, Parquet     {parquet_path.resolve()}")
     print(f"  warehouse           {Path(settings.warehouse_path).resolve()}")
     print("  next                `make dev` opens the Dagster UI on http://127.0.0.1:3000")
     return 0
