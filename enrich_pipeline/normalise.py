@@ -7,9 +7,6 @@ before; everything that can be done in SQL is done there instead.
 
 from __future__ import annotations
 
-import re
-from urllib.parse import urlsplit
-
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
@@ -73,10 +70,6 @@ FREE_MAIL_DOMAINS: frozenset[str] = frozenset(
     }
 )
 
-# Dot-separated labels of letters, digits and inner hyphens (Unicode letters allowed, so IDN
-# hosts typed in their native script pass), ending in an alphabetic TLD.
-_HOST = re.compile(r"(?:[^\W_](?:[\w-]*[^\W_])?\.)+(?:[^\W\d_]{2,}|xn--[a-z0-9-]+)")
-
 
 def normalise_email(value: str | None) -> tuple[str | None, str | None]:
     """Return ``(normalised address, error)``; blank input is absent, not an error."""
@@ -111,28 +104,6 @@ def normalise_phone(value: str | None, default_region: str = "US") -> tuple[str 
     if not phonenumbers.is_valid_number(number):
         return None, f"phone {text!r} is not a valid number"
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
-
-
-def domain_from_url(value: str | None) -> str | None:
-    """Bare lower-case host of a website or URL (``https://www.Acme.com:8443/x`` ->
-    ``acme.com``), or None when there is no usable host."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    # urlsplit only finds the host after '//', and people type 'acme.com/about'.
-    if "//" not in text:
-        text = "//" + text
-    try:
-        host = urlsplit(text).hostname
-    except ValueError:
-        return None
-    if not host:
-        return None
-    host = host.rstrip(".")
-    host = host.removeprefix("www.")
-    return host if _HOST.fullmatch(host) else None
 
 
 def is_free_mail(domain: str | None) -> bool:

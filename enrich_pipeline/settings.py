@@ -8,7 +8,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from enrich_pipeline.field_profiles import field_profile
@@ -150,10 +149,6 @@ class Settings:
             except ValueError as exc:
                 raise SettingError(f"{name}={raw!r} is not usable: {exc}") from None
         return cls(**values)
-
-    @property
-    def export_path(self) -> Path:
-        return Path(self.export_dir)
 
 
 SETTINGS: dict[str, Setting] = {

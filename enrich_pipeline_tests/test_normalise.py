@@ -4,7 +4,6 @@ import pytest
 
 from enrich_pipeline.normalise import (
     FREE_MAIL_DOMAINS,
-    domain_from_url,
     is_free_mail,
     normalise_email,
     normalise_phone,
@@ -75,27 +74,6 @@ def test_unusable_phones_give_a_reason(raw: str, reason: str) -> None:
 @pytest.mark.parametrize("raw", [None, "", "  "])
 def test_blank_phone_is_absent_not_an_error(raw: str | None) -> None:
     assert normalise_phone(raw) == (None, None)
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("https://www.Acme.com:8443/about?x=1", "acme.com"),
-        ("http://acme.com/", "acme.com"),
-        ("www.acme.co.uk", "acme.co.uk"),
-        ("acme.io/contact", "acme.io"),
-        ("  ACME.COM.  ", "acme.com"),
-        ("https://shop.acme.com", "shop.acme.com"),
-        ("https://user@acme.com", "acme.com"),
-        ("not a url", None),
-        ("localhost", None),
-        ("http://192.168.0.1/", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_domain_from_url(raw: str | None, expected: str | None) -> None:
-    assert domain_from_url(raw) == expected
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, is_free_mail
 from enrich_pipeline.provider.models import (
     CompanyQuery,
     EnrichmentResult,
-    Outcome,
     PersonQuery,
 )
 
@@ -334,10 +333,3 @@ def store_companies(
 ) -> None:
     if results:
         _upsert(con, "company_enrichment", "domain", company_rows(results, now))
-
-
-def outcome_counts(results: Sequence[EnrichmentResult]) -> dict[Outcome, int]:
-    counts = dict.fromkeys(Outcome, 0)
-    for r in results:
-        counts[r.status] += 1
-    return counts
