@@ -3,6 +3,7 @@ sandbox served over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -141,3 +142,21 @@ def release(proc: subprocess.Popen[str]) -> None:
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "released"
     assert proc.wait() == 0
+
+
+class FakeTime:
+    """Virtual clock: sleeping records the duration and moves the clock on, instantly. Sleepers
+    that overlap wake at their own deadlines, as they would in real time."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        wake_at = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, wake_at)

@@ -3,7 +3,6 @@ the sync state deciding what is sent."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from enrich_pipeline.dagster_layer.destinations import (
 )
 from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
 from enrich_pipeline.destinations.hubspot import TOKEN_SETTING
+from enrich_pipeline_tests.helpers import FakeTime
 
 BASE = "https://hubspot.test"
 PATH = "/crm/v3/objects/contacts/batch/upsert"
@@ -31,22 +31,6 @@ TOKEN = "pat-na1-0123abcd-secret-token"
 MERGED = datetime(2026, 9, 10, 12, 0)
 COLUMNS = ("email", "first_name", "job_title", "employee_count", "seniority")
 LOG = logging.getLogger("test")
-
-
-class FakeTime:
-    """Virtual monotonic clock: sleeping records the duration and moves the clock on, instantly."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        await asyncio.sleep(0)
-        self.now += seconds
 
 
 @pytest.fixture

@@ -14,26 +14,11 @@ from enrich_pipeline.destinations.hubspot import (
     record_fingerprint,
     upsert_contacts,
 )
+from enrich_pipeline_tests.helpers import FakeTime
 
 BASE = "https://hubspot.test"
 PATH = "/crm/v3/objects/contacts/batch/upsert"
 TOKEN = "pat-na1-0123abcd-secret-token"
-
-
-class FakeTime:
-    """Virtual monotonic clock: sleeping records the duration and moves the clock on, instantly."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        await asyncio.sleep(0)
-        self.now += seconds
 
 
 def contacts(count: int) -> list[dict[str, str | None]]:

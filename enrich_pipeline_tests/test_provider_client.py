@@ -26,27 +26,11 @@ from enrich_pipeline.provider.models import (
     Query,
 )
 from enrich_pipeline.provider.transports import RETRY_AFTER_JITTER_S
+from enrich_pipeline_tests.helpers import FakeTime
 
 BASE = "https://provider.test"
 KEY = "dl-secret-key-1234567890"
 NOW = 1_700_000_000.0
-
-
-class FakeTime:
-    """Virtual clock: sleeping records the duration and moves the clock on, instantly."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        wake_at = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, wake_at)
 
 
 @dataclass

@@ -17,28 +17,12 @@ from enrich_pipeline.provider.transports import (
     RetryTransport,
     ThrottleTransport,
 )
+from enrich_pipeline_tests.helpers import FakeTime
 
 NOW = 1_700_000_000.0
 URL = "https://provider.test/person/enrich"
 
 Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
-
-
-class FakeTime:
-    """Virtual clock: sleeping records the duration and moves the clock on, instantly."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        wake_at = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, wake_at)
 
 
 def scripted(*responses: httpx.Response | Exception) -> tuple[Handler, list[httpx.Request]]:
