@@ -30,7 +30,6 @@ from enrich_pipeline_tests.helpers import FakeTime
 
 BASE = "https://provider.test"
 KEY = "dl-secret-key-1234567890"
-NOW = 1_700_000_000.0
 
 
 @dataclass
