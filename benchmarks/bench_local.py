@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 from dagster import AssetKey, DagsterInstance
 
+from enrich_pipeline.demo import materialise_command
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
 
@@ -78,15 +79,7 @@ def dagster_materialise(
             sys.executable,
             "-c",
             _PEAK_RSS,
-            str(Path(sys.executable).with_name("dagster")),
-            "asset",
-            "materialize",
-            "-m",
-            "enrich_pipeline.definitions",
-            "--select",
-            "*",
-            "--partition-range",
-            f"{first}...{last}",
+            *materialise_command(first, last),
         ],
         cwd=repo,
         env=env,

@@ -20,9 +20,21 @@ from enrich_pipeline.warehouse.connection import connect
 SAMPLE = Path("data/sample_contacts.csv")
 
 
-def _dagster_cli() -> str:
+def materialise_command(first: str, last: str) -> list[str]:
+    """The Dagster CLI call that materialises all four assets over ``first...last`` as one run."""
     beside_python = Path(sys.executable).with_name("dagster")
-    return str(beside_python) if beside_python.exists() else (shutil.which("dagster") or "dagster")
+    cli = str(beside_python) if beside_python.exists() else (shutil.which("dagster") or "dagster")
+    return [
+        cli,
+        "asset",
+        "materialize",
+        "-m",
+        "enrich_pipeline.definitions",
+        "--select",
+        "*",
+        "--partition-range",
+        f"{first}...{last}",
+    ]
 
 
 def _run_metadata(instance: DagsterInstance, asset: str) -> dict[str, object]:
@@ -50,22 +62,19 @@ def main() -> int:
     partition_range = f"{first}...{last}"
     print(f"Materialising all four assets over {partition_range} as one run ...")
     materialise_started = time.monotonic()
-    subprocess.run(
-        [
-            _dagster_cli(),
-            "asset",
-            "materialize",
-            "-m",
-            "enrich_pipeline.definitions",
-            "--select",
-            "*",
-            "--partition-range",
-            partition_range,
-        ],
-        check=True,
+    quiet = os.environ.get("ENRICH_DEMO_QUIET_LOGS", "1") == "1"
+    done = subprocess.run(
+        materialise_command(str(first), str(last)),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE if os.environ.get("ENRICH_DEMO_QUIET_LOGS", "1") == "1" else None,
+        stderr=subprocess.PIPE if quiet else None,
+        text=True,
     )
+    if done.returncode != 0:
+        # The run's own log says why; without it the user sees only an exit status.
+        if done.stderr:
+            print(done.stderr[-4000:], file=sys.stderr)
+        print("The materialisation failed: see the Dagster log above.", file=sys.stderr)
+        return done.returncode
     materialise_s = time.monotonic() - materialise_started
 
     with connect(settings.warehouse_path) as con:
