@@ -24,10 +24,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from enrich_pipeline.sandbox import SandboxConfig
     from enrich_pipeline.sandbox.server import serve
 
-    serve(host=args.host, port=args.port, config=SandboxConfig.from_env())
+    serve(host=args.host, port=args.port, config=Settings.from_env().sandbox)
     return 0
 
 

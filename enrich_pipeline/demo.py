@@ -3,7 +3,6 @@ date range as one run with the real Dagster CLI, and print what happened."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from dagster import AssetKey, DagsterInstance
 
 from enrich_pipeline.destinations.files import export_paths
 from enrich_pipeline.ingest import ingest_file
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.settings import SettingError, Settings
 from enrich_pipeline.warehouse.connection import connect
 
 SAMPLE = Path("data/sample_contacts.csv")
@@ -45,7 +44,11 @@ def _run_metadata(instance: DagsterInstance, asset: str) -> dict[str, object]:
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     report = ingest_file(settings.warehouse_path, SAMPLE, skip_if_landed=True)
     if report.already_landed:
@@ -62,11 +65,10 @@ def main() -> int:
     partition_range = f"{first}...{last}"
     print(f"Materialising all four assets over {partition_range} as one run ...")
     materialise_started = time.monotonic()
-    quiet = os.environ.get("ENRICH_DEMO_QUIET_LOGS", "1") == "1"
     done = subprocess.run(
         materialise_command(str(first), str(last)),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE if quiet else None,
+        stderr=subprocess.PIPE,
         text=True,
     )
     if done.returncode != 0:

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from enrich_pipeline.provider.models import (
+    PERSON_EMPLOYER_FIELDS,
+    PERSON_FIELDS,
+    PERSON_LOCATION_FIELDS,
+    PERSON_NAME_FIELDS,
+    PERSON_ROLE_FIELDS,
+)
+
 
 @dataclass(frozen=True)
 class FieldProfile:
@@ -34,25 +42,7 @@ PROFILES: dict[str, FieldProfile] = {
         FieldProfile(
             name="sales_prospecting",
             description="everything a rep needs to reach out: contact, role, company, location",
-            person_fields=(
-                "legion_id",
-                "full_name",
-                "first_name",
-                "last_name",
-                "job_title",
-                "seniority_level",
-                "job_function",
-                "company_name",
-                "company_domain",
-                "company_industry",
-                "company_size",
-                "city",
-                "state",
-                "country",
-                "linkedin_url",
-                "work_email",
-                "mobile_phone",
-            ),
+            person_fields=PERSON_FIELDS,
             company_fields=(
                 "legion_id",
                 "name",
@@ -84,17 +74,7 @@ PROFILES: dict[str, FieldProfile] = {
         FieldProfile(
             name="lead_scoring",
             description="firmographics and seniority for scoring; no phone numbers or profiles",
-            person_fields=(
-                "legion_id",
-                "job_title",
-                "seniority_level",
-                "job_function",
-                "company_name",
-                "company_domain",
-                "company_industry",
-                "company_size",
-                "country",
-            ),
+            person_fields=("legion_id", *PERSON_ROLE_FIELDS, *PERSON_EMPLOYER_FIELDS, "country"),
             company_fields=(
                 "legion_id",
                 "name",
@@ -121,14 +101,10 @@ PROFILES: dict[str, FieldProfile] = {
             description="who the contact is and where they work, to clean up existing records",
             person_fields=(
                 "legion_id",
-                "full_name",
-                "first_name",
-                "last_name",
+                *PERSON_NAME_FIELDS,
                 "company_name",
                 "company_domain",
-                "city",
-                "state",
-                "country",
+                *PERSON_LOCATION_FIELDS,
                 "work_email",
             ),
             company_fields=("legion_id", "name", "domain"),

@@ -9,15 +9,19 @@ validity is not judged here: the pipeline checks those once per landed row.
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
-from enrich_pipeline.column_mapping import ColumnMapping, ColumnMappingError, map_columns
-from enrich_pipeline.warehouse.connection import connect
+from enrich_pipeline.column_mapping import (
+    IDENTIFYING_COLUMNS,
+    ColumnMapping,
+    ColumnMappingError,
+    map_columns,
+)
+from enrich_pipeline.warehouse.connection import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +50,9 @@ _CONTACT_COLUMNS: tuple[str, ...] = (
     "state",
     "country",
 )
-# A row with none of these identifies no one, so it cannot land.
-_ROW_IDENTIFYING: tuple[str, ...] = (
-    "email",
-    "phone",
-    "linkedin_url",
-    "first_name",
-    "last_name",
-    "full_name",
-    "company_name",
-)
+# A row with none of these identifies no one, so it cannot land. A company counts here, being
+# half of a name + company identity; whether a row identifies someone is judged at validation.
+_ROW_IDENTIFYING = (*IDENTIFYING_COLUMNS, "company_name")
 
 # Spreadsheet exports pad with tabs and non-breaking spaces as well as plain spaces. Trimming
 # a character set is several times slower than looking at both ends first, and most values
@@ -135,20 +132,12 @@ def ingest_file(
         _stage(con, csv_path, mapping, fallback_source)
         # One transaction from the "landed before?" check to the last insert, so a file is
         # either wholly landed or not at all.
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             earlier = _earlier_landing(con, csv_path.name) if skip_if_landed else None
             if earlier is not None:
-                con.execute("ROLLBACK")
                 log.info("%s: already landed; not landing it again", csv_path)
                 return earlier
             report = _land(con, csv_path.name, landed_at)
-            con.execute("COMMIT")
-        except BaseException:
-            # A failed COMMIT has already rolled back; the original error is what matters.
-            with suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
 
     log.info(
         "ingested %s: %d rows read, %d landed, %d quarantined",
@@ -203,17 +192,7 @@ def _earlier_landing(con: duckdb.DuckDBPyConnection, source_file: str) -> Ingest
     )
     if not accepted and not reasons:
         return None
-    quarantined = sum(reasons.values())
-    return IngestReport(
-        rows_read=accepted + quarantined,
-        accepted=accepted,
-        quarantined=quarantined,
-        first_ingest_id=first_id,
-        last_ingest_id=last_id,
-        quarantine_reasons=reasons,
-        source_file=source_file,
-        already_landed=True,
-    )
+    return _report(source_file, accepted, first_id, last_id, reasons, already_landed=True)
 
 
 def _stage(
@@ -316,26 +295,38 @@ def _land(con: duckdb.DuckDBPyConnection, source_file: str, landed_at: datetime)
         """,
         {"source_file": source_file, "now": landed_at, "bad_date": REASON_BAD_DATE},
     )
-    rows_read, accepted = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM __checked"
-    ).fetchone() or (0, 0)
-    first_id, last_id = con.execute(
-        "SELECT min(ingest_id), max(ingest_id) FROM __landing"
-    ).fetchone() or (None, None)
+    accepted, first_id, last_id = con.execute(
+        "SELECT count(*), min(ingest_id), max(ingest_id) FROM __landing"
+    ).fetchone() or (0, None, None)
     reasons = dict(
         con.execute(
             "SELECT reason, count(*) FROM __checked WHERE reason IS NOT NULL "
             "GROUP BY reason ORDER BY reason"
         ).fetchall()
     )
+    return _report(source_file, accepted, first_id, last_id, reasons)
+
+
+def _report(
+    source_file: str,
+    accepted: int,
+    first_id: int | None,
+    last_id: int | None,
+    reasons: dict[str, int],
+    *,
+    already_landed: bool = False,
+) -> IngestReport:
+    """Every row read either landed or was quarantined for one reason."""
+    quarantined = sum(reasons.values())
     return IngestReport(
-        rows_read=rows_read,
+        rows_read=accepted + quarantined,
         accepted=accepted,
-        quarantined=rows_read - accepted,
+        quarantined=quarantined,
         first_ingest_id=first_id,
         last_ingest_id=last_id,
         quarantine_reasons=reasons,
         source_file=source_file,
+        already_landed=already_landed,
     )
 
 

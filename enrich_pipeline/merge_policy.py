@@ -134,15 +134,6 @@ def value_sql(rule: FieldRule, policy: MergePolicy) -> str:
     return f"coalesce({values}, NULL)"
 
 
-def input_columns(policy: MergePolicy, origin: Origin) -> tuple[str, ...]:
-    """The source columns of one origin that the policy reads."""
-    return tuple(
-        dict.fromkeys(
-            c.column for rule in policy.rules for c in rule.candidates if c.origin == origin
-        )
-    )
-
-
 def provenance_sql(rule: FieldRule, policy: MergePolicy) -> str:
     """A struct saying where the winning value came from, how sure and how recent it is."""
     branches = []

@@ -1,253 +1,351 @@
-"""Every non-secret setting, read from the environment once, with a clear error naming the
-variable when a value cannot be used. Secrets (API keys) are not here: they reach the
-resources through Dagster's ``EnvVar`` so they are resolved at run time and never logged."""
+"""Every setting, declared once: its type, default, environment variable and meaning.
+
+Settings come in groups, one per part of the pipeline. A group is a plain pydantic model; the
+Dagster resource for that part inherits it, so the UI shows each resource's configuration with
+the same descriptions. ``Settings`` joins the groups and reads them from the environment
+(pydantic-settings) when it is created, never at import. Secrets are declared here too, but only
+to know whether they are set: their values reach the resources through Dagster's ``EnvVar``.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
-from enrich_pipeline.field_profiles import field_profile
-from enrich_pipeline.merge_policy import Confidence
+from pydantic import BaseModel, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_BASE_URL = "https://api.datalegion.ai"
+from enrich_pipeline.field_profiles import PROFILES
+from enrich_pipeline.merge_policy import Confidence
+from enrich_pipeline.sandbox.config import SandboxConfig
+from enrich_pipeline.settings_base import (
+    SETTING_GROUP_CONFIG,
+    env_name,
+    setting,
+    unlimited_as_none,
+)
+
+DESTINATIONS = ("file", "hubspot")
+MAX_BULK_SIZE = 100
 
 
 class SettingError(ValueError):
     """A setting's value cannot be used; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    env: str
-    default: Any
-    meaning: str
+class WarehouseSettings(BaseModel):
+    model_config = SETTING_GROUP_CONFIG
+
+    warehouse_path: str = setting(
+        "ENRICH_WAREHOUSE_PATH", "data/warehouse.duckdb", "DuckDB warehouse file"
+    )
+    duckdb_memory_limit: str = setting(
+        "ENRICH_DUCKDB_MEMORY_LIMIT",
+        "1GB",
+        "DuckDB memory cap per connection (beyond it, DuckDB spills to disk)",
+    )
 
 
-def _optional_positive_int(raw: str) -> int | None:
-    return None if raw.strip().lower() in {"", "none", "unlimited"} else _positive_int(raw)
+class ProviderClientSettings(BaseModel):
+    """How look-ups are sent, whichever provider answers them."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    use_bulk: bool = setting("ENRICH_USE_BULK", True, "use the bulk endpoints (up to 100 per call)")
+    bulk_size: int = setting(
+        "ENRICH_BULK_SIZE", MAX_BULK_SIZE, "items per bulk call (at most 100)", ge=1
+    )
+    max_concurrency: int = setting(
+        "ENRICH_MAX_CONCURRENCY",
+        32,
+        "cap on requests in flight (the client sizes it to rate × latency below the cap)",
+        ge=1,
+    )
+    max_credits_per_run: int | None = setting(
+        "ENRICH_MAX_CREDITS_PER_RUN",
+        None,
+        "a run stops cleanly once it has used this many credits; the rest waits for the next "
+        "run (unset: unlimited)",
+        ge=1,
+    )
+    max_attempts: int = setting(
+        "ENRICH_MAX_ATTEMPTS", 5, "attempts per request (429, 5xx, timeouts)", ge=1
+    )
+    request_timeout_s: float = setting(
+        "ENRICH_REQUEST_TIMEOUT_S", 30.0, "per-request timeout, seconds", gt=0
+    )
+
+    @field_validator("bulk_size")
+    @classmethod
+    def _bulk_size_at_most_a_bulk_call(cls, value: int) -> int:
+        return min(value, MAX_BULK_SIZE)
+
+    @field_validator("max_credits_per_run", mode="before")
+    @classmethod
+    def _credits_per_run_may_be_unlimited(cls, value: Any) -> Any:
+        return unlimited_as_none(value)
 
 
-def _share(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("expected a share between 0 and 1")
-    return value
+class DataLegionSettings(BaseModel):
+    """The real provider."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    base_url: str = setting(
+        "DATA_LEGION_BASE_URL",
+        "https://api.datalegion.ai",
+        "enrichment API base URL (used when the API key is set)",
+    )
+    limiter_dir: str = setting(
+        "ENRICH_LIMITER_DIR",
+        "~/.cache/enrich_pipeline/ratelimit",
+        "where runs using one API key on this machine share its rate-limit state",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_without_slash(cls, value: str) -> str:
+        return value.strip().rstrip("/")
 
 
-def _profile(raw: str) -> str:
-    return field_profile(raw.strip()).name
+class FieldProfileSettings(BaseModel):
+    model_config = SETTING_GROUP_CONFIG
+
+    field_profile: str = setting(
+        "ENRICH_FIELD_PROFILE",
+        "sales_prospecting",
+        f"{', '.join(PROFILES)}: the fields asked of the provider and the columns exported",
+    )
+
+    @field_validator("field_profile")
+    @classmethod
+    def _field_profile_is_known(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"expected one of {', '.join(PROFILES)}")
+        return value
 
 
-DESTINATIONS = ("file", "hubspot")
+class PipelineSettings(BaseModel):
+    """Freshness windows, chunking, the merge policy's confidence bar, where records go."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    person_ttl_days: int = setting(
+        "ENRICH_PERSON_TTL_DAYS", 30, "a matched person is fresh this long", ge=1
+    )
+    company_ttl_days: int = setting(
+        "ENRICH_COMPANY_TTL_DAYS", 90, "a matched company is fresh this long", ge=1
+    )
+    no_match_retry_days: int = setting(
+        "ENRICH_NO_MATCH_RETRY_DAYS",
+        14,
+        "a no-match is asked again after this long; errors are retried on the next run",
+        ge=0,
+    )
+    chunk_size: int = setting(
+        "ENRICH_CHUNK_SIZE",
+        200,
+        "results written to the warehouse per chunk (a crash loses at most one)",
+        ge=1,
+    )
+    min_match_confidence: Confidence = setting(
+        "ENRICH_MIN_MATCH_CONFIDENCE",
+        Confidence.MODERATE,
+        "enrichment replaces a lead's title, company, seniority and location only at this "
+        "match confidence (low, moderate, high)",
+    )
+    crm_destinations: list[str] = setting(
+        "ENRICH_CRM_DESTINATIONS",
+        ["file"],
+        f"where CRM records go, comma-separated: {', '.join(DESTINATIONS)}",
+    )
+
+    @field_validator("crm_destinations", mode="before")
+    @classmethod
+    def _destinations_comma_separated(cls, value: Any) -> list[str]:
+        parts = value.split(",") if isinstance(value, str) else value
+        chosen = list(
+            dict.fromkeys(str(part).strip().lower() for part in parts if str(part).strip())
+        )
+        if not chosen or any(name not in DESTINATIONS for name in chosen):
+            raise ValueError(f"expected a comma-separated list of {', '.join(DESTINATIONS)}")
+        return chosen
+
+    @field_validator("min_match_confidence", mode="before")
+    @classmethod
+    def _confidence_in_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
-def _destinations(raw: str) -> tuple[str, ...]:
-    chosen = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
-    unknown = [name for name in chosen if name not in DESTINATIONS]
-    if unknown or not chosen:
-        raise ValueError(f"expected a comma-separated list of {', '.join(DESTINATIONS)}")
-    return chosen
+class AutomationSettings(BaseModel):
+    """The partitions, and how often the sensor looks for new rows."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    partition_start: str = setting(
+        "ENRICH_PARTITION_START", "2024-01-01", "first daily partition (UTC date)"
+    )
+    sensor_interval_s: int = setting(
+        "ENRICH_SENSOR_INTERVAL_S",
+        15,
+        "how often new_contacts_sensor looks for newly landed rows, seconds",
+        ge=1,
+    )
+    sensor_max_rows_per_tick: int = setting(
+        "ENRICH_SENSOR_MAX_ROWS_PER_TICK",
+        100_000,
+        "landed rows one sensor tick takes on at most (a bigger backlog takes more ticks)",
+        ge=1,
+    )
+
+    @field_validator("partition_start")
+    @classmethod
+    def _partition_start_is_a_date(cls, value: str) -> str:
+        return date.fromisoformat(value.strip()).isoformat()
 
 
-def _confidence(raw: str) -> str:
-    return Confidence(raw.strip().lower()).value
+class QualitySettings(BaseModel):
+    """What the warning checks accept, as shares between 0 and 1."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    min_match_rate: float = setting(
+        "ENRICH_MIN_MATCH_RATE",
+        0.5,
+        "asset check warns when the person match rate falls below this share",
+        ge=0,
+        le=1,
+    )
+    max_quarantine_share: float = setting(
+        "ENRICH_MAX_QUARANTINE_SHARE",
+        0.05,
+        "asset check warns when more than this share of landed rows is quarantined",
+        ge=0,
+        le=1,
+    )
+    max_stale_share: float = setting(
+        "ENRICH_MAX_STALE_SHARE",
+        0.2,
+        "asset check warns when more than this share of records is past its TTL",
+        ge=0,
+        le=1,
+    )
 
 
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("expected true or false")
+class FileExportSettings(BaseModel):
+    model_config = SETTING_GROUP_CONFIG
+
+    export_dir: str = setting(
+        "ENRICH_EXPORT_DIR", "data/exports", "where crm_contacts.csv and .parquet are written"
+    )
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("expected a whole number above 0")
-    return value
+class HubSpotSettings(BaseModel):
+    model_config = SETTING_GROUP_CONFIG
+
+    hubspot_base_url: str = setting(
+        "HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL"
+    )
+
+    @field_validator("hubspot_base_url")
+    @classmethod
+    def _hubspot_url_without_slash(cls, value: str) -> str:
+        return value.strip().rstrip("/")
 
 
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("expected a whole number, 0 or more")
-    return value
+class SecretSettings(BaseModel):
+    """Read only to know whether each is set; resources get them through ``EnvVar``."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    data_legion_api_key: SecretStr | None = setting(
+        "DATA_LEGION_API_KEY",
+        None,
+        "enrichment API key (secret, via EnvVar); unset means the built-in sandbox",
+    )
+    hubspot_access_token: SecretStr | None = setting(
+        "HUBSPOT_ACCESS_TOKEN",
+        None,
+        "HubSpot private app token with crm.objects.contacts.write (secret, via EnvVar); "
+        "required when hubspot is a destination",
+    )
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "warehouse_path": str,
-    "export_dir": str,
-    "duckdb_memory_limit": lambda raw: raw.strip(),
-    "partition_start": lambda raw: date.fromisoformat(raw.strip()).isoformat(),
-    "person_ttl_days": _positive_int,
-    "company_ttl_days": _positive_int,
-    "no_match_retry_days": _non_negative_int,
-    "base_url": lambda raw: raw.strip().rstrip("/"),
-    "use_bulk": _bool,
-    "bulk_size": lambda raw: min(_positive_int(raw), 100),
-    "max_concurrency": _positive_int,
-    "chunk_size": _positive_int,
-    "max_attempts": _positive_int,
-    "max_credits_per_run": _optional_positive_int,
-    "request_timeout_s": _positive_int,
-    "sensor_interval_s": _positive_int,
-    "sensor_max_rows_per_tick": _positive_int,
-    "min_match_rate": _share,
-    "max_quarantine_share": _share,
-    "max_stale_share": _share,
-    "field_profile": _profile,
-    "crm_destinations": _destinations,
-    "min_match_confidence": _confidence,
-    "hubspot_base_url": lambda raw: raw.strip().rstrip("/"),
-}
+PIPELINE_GROUPS: tuple[type[BaseModel], ...] = (
+    SecretSettings,
+    DataLegionSettings,
+    WarehouseSettings,
+    FileExportSettings,
+    AutomationSettings,
+    PipelineSettings,
+    ProviderClientSettings,
+    FieldProfileSettings,
+    HubSpotSettings,
+    QualitySettings,
+)
 
 
-@dataclass(frozen=True)
-class Settings:
-    warehouse_path: str = "data/warehouse.duckdb"
-    export_dir: str = "data/exports"
-    duckdb_memory_limit: str = "1GB"
-    partition_start: str = "2024-01-01"
-    person_ttl_days: int = 30
-    company_ttl_days: int = 90
-    no_match_retry_days: int = 14
-    base_url: str = DEFAULT_BASE_URL
-    use_bulk: bool = True
-    bulk_size: int = 100
-    max_concurrency: int = 32
-    chunk_size: int = 200
-    max_attempts: int = 5
-    max_credits_per_run: int | None = None
-    request_timeout_s: int = 30
-    sensor_interval_s: int = 15
-    sensor_max_rows_per_tick: int = 100_000
-    min_match_rate: float = 0.5
-    max_quarantine_share: float = 0.05
-    max_stale_share: float = 0.2
-    field_profile: str = "sales_prospecting"
-    crm_destinations: tuple[str, ...] = ("file",)
-    min_match_confidence: str = "moderate"
-    hubspot_base_url: str = "https://api.hubapi.com"
+# Validators of every group end up on one class: their names must differ.
+class Settings(
+    BaseSettings,
+    SecretSettings,
+    DataLegionSettings,
+    WarehouseSettings,
+    FileExportSettings,
+    AutomationSettings,
+    PipelineSettings,
+    ProviderClientSettings,
+    FieldProfileSettings,
+    HubSpotSettings,
+    QualitySettings,
+    SandboxConfig,
+):
+    """All settings: ``Settings()`` reads the environment; unset or empty variables keep their
+    defaults, and keyword arguments (by field name) win over both."""
+
+    model_config = SettingsConfigDict(
+        **SETTING_GROUP_CONFIG,
+        env_ignore_empty=True,
+        extra="ignore",
+        # Lists such as ENRICH_CRM_DESTINATIONS are comma-separated, not JSON.
+        enable_decoding=False,
+    )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = SETTINGS[f.name].env
-            raw = environ.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[f.name] = _PARSERS[f.name](raw)
-            except ValueError as exc:
-                raise SettingError(f"{name}={raw!r} is not usable: {exc}") from None
-        return cls(**values)
+    def from_env(cls, **overrides: Any) -> Settings:
+        """``Settings(**overrides)``, with an unusable value reported as a ``SettingError``
+        naming its variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                name = ".".join(str(part) for part in error["loc"])
+                problems.append(f"{name}={error.get('input')!r} is not usable: {error['msg']}")
+            raise SettingError("; ".join(problems)) from None
+
+    def values_for(self, group: type[BaseModel]) -> dict[str, Any]:
+        """This object's values of every setting ``group`` (or a resource built on groups)
+        declares."""
+        return {
+            name: getattr(self, name)
+            for name in group.model_fields
+            if name in type(self).model_fields
+        }
+
+    @property
+    def sandbox(self) -> SandboxConfig:
+        return SandboxConfig(**self.values_for(SandboxConfig))
+
+    def is_set(self, secret: str) -> bool:
+        value = getattr(self, secret)
+        return value is not None and bool(value.get_secret_value())
 
 
-SETTINGS: dict[str, Setting] = {
-    "warehouse_path": Setting(
-        "ENRICH_WAREHOUSE_PATH", Settings.warehouse_path, "DuckDB warehouse file"
-    ),
-    "export_dir": Setting(
-        "ENRICH_EXPORT_DIR", Settings.export_dir, "where crm_contacts.csv is written"
-    ),
-    "duckdb_memory_limit": Setting(
-        "ENRICH_DUCKDB_MEMORY_LIMIT",
-        Settings.duckdb_memory_limit,
-        "DuckDB memory cap per connection (beyond it, DuckDB spills to disk)",
-    ),
-    "partition_start": Setting(
-        "ENRICH_PARTITION_START", Settings.partition_start, "first daily partition (UTC date)"
-    ),
-    "person_ttl_days": Setting(
-        "ENRICH_PERSON_TTL_DAYS", Settings.person_ttl_days, "a matched person is fresh this long"
-    ),
-    "company_ttl_days": Setting(
-        "ENRICH_COMPANY_TTL_DAYS", Settings.company_ttl_days, "a matched company is fresh this long"
-    ),
-    "no_match_retry_days": Setting(
-        "ENRICH_NO_MATCH_RETRY_DAYS",
-        Settings.no_match_retry_days,
-        "a no-match is asked again after this long (errors: on the next run)",
-    ),
-    "base_url": Setting(
-        "DATA_LEGION_BASE_URL",
-        Settings.base_url,
-        "enrichment API base URL (used when DATA_LEGION_API_KEY is set)",
-    ),
-    "use_bulk": Setting(
-        "ENRICH_USE_BULK", Settings.use_bulk, "use the bulk endpoints (up to 100 per call)"
-    ),
-    "bulk_size": Setting("ENRICH_BULK_SIZE", Settings.bulk_size, "items per bulk call (max 100)"),
-    "max_concurrency": Setting(
-        "ENRICH_MAX_CONCURRENCY",
-        Settings.max_concurrency,
-        "cap on requests in flight (the client sizes it to rate x latency below the cap)",
-    ),
-    "chunk_size": Setting(
-        "ENRICH_CHUNK_SIZE",
-        Settings.chunk_size,
-        "results written to the warehouse per chunk (a crash loses at most one)",
-    ),
-    "max_attempts": Setting(
-        "ENRICH_MAX_ATTEMPTS", Settings.max_attempts, "attempts per request (429, 5xx, timeouts)"
-    ),
-    "max_credits_per_run": Setting(
-        "ENRICH_MAX_CREDITS_PER_RUN",
-        "unlimited",
-        "a run stops cleanly once it has used this many credits; the rest waits for the next run",
-    ),
-    "request_timeout_s": Setting(
-        "ENRICH_REQUEST_TIMEOUT_S", Settings.request_timeout_s, "per-request timeout, seconds"
-    ),
-    "sensor_interval_s": Setting(
-        "ENRICH_SENSOR_INTERVAL_S",
-        Settings.sensor_interval_s,
-        "how often new_contacts_sensor looks for newly landed rows, seconds",
-    ),
-    "sensor_max_rows_per_tick": Setting(
-        "ENRICH_SENSOR_MAX_ROWS_PER_TICK",
-        Settings.sensor_max_rows_per_tick,
-        "landed rows one sensor tick takes on at most (a bigger backlog takes more ticks)",
-    ),
-    "min_match_rate": Setting(
-        "ENRICH_MIN_MATCH_RATE",
-        Settings.min_match_rate,
-        "asset check warns when the person match rate falls below this share",
-    ),
-    "max_quarantine_share": Setting(
-        "ENRICH_MAX_QUARANTINE_SHARE",
-        Settings.max_quarantine_share,
-        "asset check warns when more than this share of landed rows is quarantined",
-    ),
-    "max_stale_share": Setting(
-        "ENRICH_MAX_STALE_SHARE",
-        Settings.max_stale_share,
-        "asset check warns when more than this share of records is past its TTL",
-    ),
-    "field_profile": Setting(
-        "ENRICH_FIELD_PROFILE",
-        Settings.field_profile,
-        "sales_prospecting, lead_scoring or data_hygiene: fields asked for and columns exported",
-    ),
-    "crm_destinations": Setting(
-        "ENRICH_CRM_DESTINATIONS",
-        "file",
-        "where CRM records go, comma-separated: file, hubspot",
-    ),
-    "min_match_confidence": Setting(
-        "ENRICH_MIN_MATCH_CONFIDENCE",
-        Settings.min_match_confidence,
-        "enrichment replaces a lead's title, company, seniority, location only at this confidence",
-    ),
-    "hubspot_base_url": Setting(
-        "HUBSPOT_BASE_URL", Settings.hubspot_base_url, "HubSpot API base URL"
-    ),
-}
+def declared_settings() -> dict[str, tuple[type[BaseModel], str]]:
+    """Every environment variable the project reads, with the group and field declaring it."""
+    found: dict[str, tuple[type[BaseModel], str]] = {}
+    for group in (*PIPELINE_GROUPS, SandboxConfig):
+        for field in group.model_fields:
+            found[env_name(group, field)] = (group, field)
+    return found

@@ -1,28 +1,39 @@
-"""Shared fixtures: a temp warehouse and export dir, a quiet fast sandbox, and the sample CSV."""
+"""Shared fixtures: every test starts from a clean configuration with its state in its own temp
+folder, a quiet fast sandbox, and the sample CSV."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.settings import Settings, declared_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CSV = REPO / "data" / "sample_contacts.csv"
 
 
-@pytest.fixture(autouse=True)
-def _no_real_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never reach a real provider and never wait on the sandbox's simulated latency."""
-    monkeypatch.delenv("DATA_LEGION_API_KEY", raising=False)
-    monkeypatch.delenv("DATA_LEGION_BASE_URL", raising=False)
+def isolate_configuration(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Whatever the shell exports (a real API key, another partition start, another warehouse)
+    does not reach the test; every state directory is in ``folder``; the sandbox answers without
+    its simulated latency."""
+    declared = set(declared_settings())
+    # pydantic-settings matches variable names case-insensitively.
+    for name in list(os.environ):
+        if name.upper() in declared or name.upper().startswith("ENRICH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ENRICH_WAREHOUSE_PATH", str(folder / "warehouse.duckdb"))
+    monkeypatch.setenv("ENRICH_EXPORT_DIR", str(folder / "exports"))
+    monkeypatch.setenv("ENRICH_LIMITER_DIR", str(folder / "ratelimit"))
     monkeypatch.setenv("ENRICH_SANDBOX_LATENCY_MS", "0")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate_configuration(monkeypatch, tmp_path)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        warehouse_path=str(tmp_path / "warehouse.duckdb"),
-        export_dir=str(tmp_path / "exports"),
-    )
+def settings() -> Settings:
+    return Settings()

@@ -19,7 +19,8 @@ from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.sandbox import SandboxConfig, create_app
 from enrich_pipeline.settings import Settings
 
-ASSET_KEYS = ["raw_contacts", "enriched_persons", "enriched_companies", "crm_exports"]
+# The four assets a run materialises (raw_contacts is landed outside Dagster).
+ASSET_KEYS = ["clean_contacts", "enriched_persons", "enriched_companies", "crm_exports"]
 
 SMALL_CSV = """Email,First Name,Last Name,Phone Number,Company Name,Website URL,LinkedIn URL,Lead Source,Create Date
  Ada.Lovelace@Analytical-Engines.io ,Ada,Lovelace,(415) 555-0134,Analytical Engines,,,Web Form,2026-09-01 10:00:00

@@ -4,7 +4,6 @@ freshness policies the assets carry."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,7 @@ def test_a_contact_without_a_person_answer_fails_as_an_error(settings: Settings)
 def test_match_rate_against_the_configured_floor(
     settings: Settings, matched: int, no_match: int, floor: float, passed: bool
 ) -> None:
-    settings = replace(settings, min_match_rate=floor)
+    settings = settings.model_copy(update={"min_match_rate": floor})
     persons(
         settings,
         *((f"m{i}@ae.io", Outcome.MATCHED, 0) for i in range(matched)),
@@ -192,7 +191,7 @@ def test_person_records_past_their_ttl_warn_above_the_ceiling(settings: Settings
         "threshold": 0.2,
     }
     # A longer TTL and retry window leave only the error stale: 1 of 5 is within 20%.
-    longer = replace(settings, person_ttl_days=60, no_match_retry_days=30)
+    longer = settings.model_copy(update={"person_ttl_days": 60, "no_match_retry_days": 30})
     assert run_checks(longer)["enriched_persons:stale_share_below_ceiling"].passed
 
 
@@ -206,7 +205,7 @@ def test_company_records_past_their_ttl_warn_above_the_ceiling(settings: Setting
     assert check.passed
     assert figures(check)["share"] == 0.2
 
-    stricter = replace(settings, max_stale_share=0.1)
+    stricter = settings.model_copy(update={"max_stale_share": 0.1})
     check = run_checks(stricter)["enriched_companies:stale_share_below_ceiling"]
     assert_failed(check, AssetCheckSeverity.WARN)
     assert (figures(check)["matched_past_ttl"], figures(check)["threshold"]) == (1, 0.1)
@@ -216,7 +215,7 @@ def test_the_quarantine_share_counts_rows_checked_so_far(settings: Settings) -> 
     good = [{"email": f"p{i}@ae.io"} for i in range(19)]
     leads(settings, *good, {"email": "not-an-email"})
     # One bad row in twenty: 5%, on the ceiling.
-    assert run_checks(settings)["raw_contacts:quarantine_share_below_ceiling"].passed
+    assert run_checks(settings)["clean_contacts:quarantine_share_below_ceiling"].passed
 
     # A row refused at landing counts too; a day not built yet is not checked yet.
     sql(
@@ -225,7 +224,7 @@ def test_the_quarantine_share_counts_rows_checked_so_far(settings: Settings) -> 
         NOW,
     )
     leads(settings, {"email": "bad@", "received_at": "2026-09-02 10:00"}, build=False)
-    check = run_checks(settings)["raw_contacts:quarantine_share_below_ceiling"]
+    check = run_checks(settings)["clean_contacts:quarantine_share_below_ceiling"]
 
     assert_failed(check, AssetCheckSeverity.WARN)
     assert figures(check) == {
@@ -262,7 +261,7 @@ def test_the_checks_run_with_the_assets_over_a_partition_range(
     assert evaluations["enriched_persons:every_contact_has_a_person_status"].passed
     assert evaluations["crm_exports:no_duplicate_emails"].passed
     # The small CSV is messy on purpose: 2 of its 8 rows cannot be used.
-    quarantine = evaluations["raw_contacts:quarantine_share_below_ceiling"]
+    quarantine = evaluations["clean_contacts:quarantine_share_below_ceiling"]
     assert_failed(quarantine, AssetCheckSeverity.WARN)
     assert (figures(quarantine)["quarantined"], figures(quarantine)["rows_checked"]) == (2, 8)
 
@@ -282,7 +281,7 @@ def test_enrichment_assets_carry_freshness_policies_from_the_ttls() -> None:
         assert asset.backfill_policy == original.backfill_policy
 
     assert policies == {
-        "raw_contacts": None,
+        "clean_contacts": None,
         "enriched_persons": FreshnessPolicy.time_window(fail_window=timedelta(days=7)),
         "enriched_companies": FreshnessPolicy.time_window(fail_window=timedelta(days=60)),
         "crm_exports": FreshnessPolicy.time_window(fail_window=timedelta(days=7)),

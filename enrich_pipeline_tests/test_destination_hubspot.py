@@ -13,16 +13,16 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from dagster import DagsterInstance, ExecuteInProcessResult, Failure, materialize
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, Failure, materialize
 
-from enrich_pipeline.dagster_layer.assets import crm_exports
 from enrich_pipeline.dagster_layer.destinations import (
     DestinationReport,
-    FileDestination,
     HubSpotDestination,
 )
-from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
+from enrich_pipeline.dagster_layer.resources import WarehouseResource
+from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.destinations.hubspot import TOKEN_SETTING
+from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import FakeTime
 
 BASE = "https://hubspot.test"
@@ -35,7 +35,7 @@ LOG = logging.getLogger("test")
 
 @pytest.fixture
 def warehouse(tmp_path: Path) -> WarehouseResource:
-    return WarehouseResource(path=str(tmp_path / "warehouse.duckdb"))
+    return WarehouseResource.from_settings(Settings())
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def _fresh_portal() -> None:
 def deliver(
     warehouse: WarehouseResource, fake: FakeTime | None = None, **options: Any
 ) -> DestinationReport:
-    destination = HubSpotDestination(**{"access_token": TOKEN, "base_url": BASE, **options})
+    destination = HubSpotDestination(**{"access_token": TOKEN, "hubspot_base_url": BASE, **options})
     fake = fake or FakeTime()
     return destination.deliver(warehouse, COLUMNS, LOG, sleep=fake.sleep, clock=fake.clock)
 
@@ -252,7 +252,7 @@ def test_selected_without_a_token_fails_naming_the_setting_before_any_request(
     route = hubspot.post(PATH).mock(side_effect=echo)
 
     with pytest.raises(Failure, match=TOKEN_SETTING):
-        HubSpotDestination(base_url=BASE).deliver(warehouse, COLUMNS, LOG)
+        HubSpotDestination(hubspot_base_url=BASE).deliver(warehouse, COLUMNS, LOG)
 
     assert route.call_count == 0
 
@@ -303,7 +303,7 @@ def test_another_field_profile_sends_every_record_again_with_its_properties(
 ) -> None:
     add_records(warehouse, 2)
     route = hubspot.post(PATH).mock(side_effect=echo)
-    HubSpotDestination(access_token=TOKEN, base_url=BASE).deliver(
+    HubSpotDestination(access_token=TOKEN, hubspot_base_url=BASE).deliver(
         warehouse, ("email", "first_name"), LOG
     )
 
@@ -322,14 +322,21 @@ def test_another_field_profile_sends_every_record_again_with_its_properties(
 def run_asset(
     warehouse: WarehouseResource, export_dir: Path, destinations: list[str]
 ) -> ExecuteInProcessResult:
+    settings = Settings(
+        warehouse_path=warehouse.warehouse_path,
+        export_dir=str(export_dir),
+        crm_destinations=destinations,
+        hubspot_base_url=BASE,
+    )
+    defs = build_definitions(settings)
     with DagsterInstance.ephemeral() as instance:
         return materialize(
-            [crm_exports],
+            [defs.get_assets_def(AssetKey("crm_exports"))],
             resources={
-                "warehouse": warehouse,
-                "pipeline": PipelineSettings(crm_destinations=destinations),
-                "file_destination": FileDestination(export_dir=str(export_dir)),
-                "hubspot_destination": HubSpotDestination(access_token=TOKEN, base_url=BASE),
+                **defs.resources,
+                "hubspot_destination": HubSpotDestination.from_settings(
+                    settings, access_token=TOKEN
+                ),
             },
             # A day without leads: the merge leaves the records above alone.
             partition_key=date(2026, 10, 1).isoformat(),

@@ -21,6 +21,7 @@ from enrich_pipeline.destinations.files import (
     write_crm_files,
 )
 from enrich_pipeline.field_profiles import field_profile
+from enrich_pipeline.settings import Settings
 
 MERGED = datetime(2026, 9, 10, 12, 0)
 COLUMNS = ("email", "first_name", "phone", "company_name", "employee_count", "job_changed_at")
@@ -29,7 +30,7 @@ LOG = logging.getLogger("test")
 
 @pytest.fixture
 def warehouse(tmp_path: Path) -> WarehouseResource:
-    return WarehouseResource(path=str(tmp_path / "warehouse.duckdb"))
+    return WarehouseResource.from_settings(Settings())
 
 
 def add(warehouse: WarehouseResource, email: str, **values: Any) -> None:

@@ -10,9 +10,8 @@ import respx
 from enrich_pipeline.destinations.hubspot import (
     TOKEN_SETTING,
     HubSpotAuthError,
+    HubSpotClient,
     UpsertOutcome,
-    record_fingerprint,
-    upsert_contacts,
 )
 from enrich_pipeline_tests.helpers import FakeTime
 
@@ -51,22 +50,43 @@ def mock_router() -> respx.MockRouter:
     return respx.MockRouter(base_url=BASE, assert_all_called=False)
 
 
-def upsert(
-    router: respx.MockRouter, records: Sequence[Mapping[str, str | None]], **options: Any
-) -> tuple[list[UpsertOutcome], FakeTime]:
-    fake = FakeTime()
-    outcomes = asyncio.run(
-        upsert_contacts(
-            records,
-            token=TOKEN,
-            base_url=BASE,
-            transport=httpx.MockTransport(router.async_handler),
-            sleep=fake.sleep,
-            clock=fake.clock,
-            **options,
-        )
+def timed(router: respx.MockRouter, fake: FakeTime, *first: httpx.Response) -> list[float]:
+    """Upserts answered with ``first`` in turn, then echoed; returns the list of their starts."""
+    starts: list[float] = []
+    answers = iter(first)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        starts.append(fake.now)
+        return next(answers, None) or echo(request)
+
+    router.post(PATH).mock(side_effect=answer)
+    return starts
+
+
+def client(router: respx.MockRouter, fake: FakeTime, **options: Any) -> HubSpotClient:
+    return HubSpotClient(
+        token=TOKEN,
+        base_url=BASE,
+        transport=httpx.MockTransport(router.async_handler),
+        sleep=fake.sleep,
+        clock=fake.clock,
+        **options,
     )
-    return outcomes, fake
+
+
+def upsert(
+    router: respx.MockRouter,
+    records: Sequence[Mapping[str, str | None]],
+    fake: FakeTime | None = None,
+    **options: Any,
+) -> tuple[list[UpsertOutcome], FakeTime]:
+    fake = fake or FakeTime()
+
+    async def go() -> list[UpsertOutcome]:
+        async with client(router, fake, **options) as hubspot:
+            return await hubspot.upsert_contacts(records)
+
+    return asyncio.run(go()), fake
 
 
 def by_email(outcomes: list[UpsertOutcome]) -> dict[str, UpsertOutcome]:
@@ -224,27 +244,11 @@ def test_429_waits_the_retry_after_then_succeeds() -> None:
 
 
 def test_429_without_retry_after_backs_off_and_retries_count_against_the_window() -> None:
-    router = mock_router()
-    fake = FakeTime()
-    starts: list[float] = []
-    answers = iter([httpx.Response(429, json={"policyName": "TEN_SECONDLY_ROLLING"})])
+    router, fake = mock_router(), FakeTime()
+    limited = httpx.Response(429, json={"policyName": "TEN_SECONDLY_ROLLING"})
+    starts = timed(router, fake, limited)
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        starts.append(fake.now)
-        return next(answers, None) or echo(request)
-
-    router.post(PATH).mock(side_effect=answer)
-    outcomes = asyncio.run(
-        upsert_contacts(
-            contacts(2),
-            token=TOKEN,
-            base_url=BASE,
-            transport=httpx.MockTransport(router.async_handler),
-            sleep=fake.sleep,
-            clock=fake.clock,
-            requests_per_10s=1,
-        )
-    )
+    outcomes, _ = upsert(router, contacts(2), fake, requests_per_10s=1)
 
     assert {o.status for o in outcomes} == {"created"}
     assert len(starts) == 2 and starts[1] - starts[0] >= 10
@@ -290,26 +294,10 @@ def test_timeouts_exhausted_fail_the_batch_with_the_error() -> None:
 
 
 def test_no_more_than_the_allowed_requests_start_in_any_10_s() -> None:
-    router = mock_router()
-    starts: list[float] = []
-    fake = FakeTime()
+    router, fake = mock_router(), FakeTime()
+    starts = timed(router, fake)
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        starts.append(fake.now)
-        return echo(request)
-
-    router.post(PATH).mock(side_effect=answer)
-    outcomes = asyncio.run(
-        upsert_contacts(
-            contacts(500),
-            token=TOKEN,
-            base_url=BASE,
-            transport=httpx.MockTransport(router.async_handler),
-            sleep=fake.sleep,
-            clock=fake.clock,
-            requests_per_10s=2,
-        )
-    )
+    outcomes, _ = upsert(router, contacts(500), fake, requests_per_10s=2)
 
     assert len(starts) == 5 and len(outcomes) == 500
     assert all(later - earlier >= 10 for earlier, later in zip(starts, starts[2:], strict=False))
@@ -317,41 +305,25 @@ def test_no_more_than_the_allowed_requests_start_in_any_10_s() -> None:
     assert starts[-1] - starts[0] == 20
 
 
-# --- inputs and change tracking ------------------------------------------------------------------
+def test_calls_through_one_client_share_its_window_and_its_counts() -> None:
+    router, fake = mock_router(), FakeTime()
+    starts = timed(router, fake, httpx.Response(429))
+
+    async def go() -> HubSpotClient:
+        async with client(router, fake, requests_per_10s=2) as hubspot:
+            await hubspot.upsert_contacts(contacts(1))
+            await hubspot.upsert_contacts(contacts(1))
+        return hubspot
+
+    stats = asyncio.run(go()).stats
+
+    # A 429 and its retry, then the second call: it waits for the window the first one filled.
+    assert len(starts) == 3 and starts[2] - starts[0] >= 10
+    assert (stats.requests, stats.rate_limited, stats.retries) == (3, 1, 1)
+    assert stats.responses_by_status == {429: 1, 200: 2}
 
 
-def test_rerun_sends_only_changed_or_failed_records_and_nothing_when_all_is_sent() -> None:
-    """The caller's loop: remember fingerprints of what HubSpot took, send what differs."""
-    records: list[dict[str, str | None]] = [
-        {"email": "a@acme.com", "firstname": "Ann"},
-        {"email": "b@acme.com", "firstname": "Bob"},
-    ]
-    rejected_b = {
-        "status": "COMPLETE",
-        "results": [result("a@acme.com")],
-        "numErrors": 1,
-        "errors": [{"status": "error", "message": "busy", "context": {"ids": ["b@acme.com"]}}],
-    }
-    router = mock_router()
-    route = router.post(PATH).mock(side_effect=[httpx.Response(207, json=rejected_b), echo])
-    by_email_record = {str(r["email"]): r for r in records}
-    last_sent: dict[str, str] = {}
-
-    def run() -> None:
-        changed = [r for r in records if last_sent.get(str(r["email"])) != record_fingerprint(r)]
-        for outcome in upsert(router, changed)[0]:
-            if outcome.status != "failed":
-                last_sent[outcome.email] = record_fingerprint(by_email_record[outcome.email])
-
-    run()
-    run()
-    assert [[i["id"] for i in inputs_of(c.request)] for c in route.calls] == [
-        ["a@acme.com", "b@acme.com"],
-        ["b@acme.com"],
-    ]
-
-    run()
-    assert route.call_count == 2
+# --- inputs --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -369,12 +341,3 @@ def test_records_hubspot_cannot_upsert_are_refused_before_any_request(
         upsert(router, records)
 
     assert route.call_count == 0
-
-
-def test_fingerprint_ignores_order_and_empty_values_but_not_changes() -> None:
-    record = {"email": "jane@acme.com", "firstname": "Jane", "city": "Lyon"}
-    same = {"city": "Lyon", "phone": "", "firstname": "Jane", "email": "jane@acme.com", "x": None}
-
-    assert record_fingerprint(record) == record_fingerprint(same)
-    assert record_fingerprint(record) != record_fingerprint({**record, "city": "Paris"})
-    assert record_fingerprint(record) != record_fingerprint({**record, "jobtitle": "CTO"})

@@ -15,16 +15,18 @@ from enrich_pipeline.merge_policy import (
     Confidence,
     FieldRule,
     MergePolicy,
-    input_columns,
     provenance_sql,
     value_sql,
 )
 
-ALL_INPUTS = [
-    f"{PREFIX[origin]}{column}"
-    for origin in ("lead", "person", "company")
-    for column in input_columns(DEFAULT_POLICY, origin)
-]
+
+def column(candidate: Candidate) -> str:
+    return f"{PREFIX[candidate.origin]}{candidate.column}"
+
+
+ALL_INPUTS = list(
+    dict.fromkeys(column(c) for rule in DEFAULT_POLICY.rules for c in rule.candidates)
+)
 
 
 def merge_one(
@@ -48,10 +50,6 @@ def merge_one(
     ).fetchone()
     con.close()
     return value, json.loads(provenance) if provenance else None
-
-
-def column(candidate: Candidate) -> str:
-    return f"{PREFIX[candidate.origin]}{candidate.column}"
 
 
 CASES = [

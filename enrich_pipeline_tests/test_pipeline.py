@@ -8,46 +8,22 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import DagsterInstance
 
-from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.conftest import SAMPLE_CSV
-
-ASSET_KEYS = ["raw_contacts", "enriched_persons", "enriched_companies", "crm_exports"]
-
-
-def _materialise(settings: Settings, first: str, last: str, instance: DagsterInstance):
-    defs = build_definitions(settings)
-    assets = [defs.get_assets_def(AssetKey(key)) for key in ASSET_KEYS]
-    return materialize(
-        assets,
-        resources=defs.resources,
-        instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": first,
-            "dagster/asset_partition_range_end": last,
-        },
-    )
-
-
-def _metadata(result, asset: str) -> dict[str, object]:
-    events = result.asset_materializations_for_node(asset)
-    assert events, f"{asset} was not materialised"
-    return {k: v.value for k, v in events[0].metadata.items()}
+from enrich_pipeline_tests.conftest import SAMPLE_CSV, isolate_configuration
+from enrich_pipeline_tests.helpers import ASSET_KEYS, materialise_range, metadata_of
 
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory: pytest.TempPathFactory):
     """The sample CSV landed and the whole graph run twice over its whole range."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    settings = Settings(
-        warehouse_path=str(tmp / "warehouse.duckdb"), export_dir=str(tmp / "exports")
-    )
+    # Module-scoped, so it runs before the per-test isolation does.
     mp = pytest.MonkeyPatch()
-    mp.setenv("ENRICH_SANDBOX_LATENCY_MS", "0")
-    mp.delenv("DATA_LEGION_API_KEY", raising=False)
+    isolate_configuration(mp, tmp)
+    settings = Settings()
     ingest = ingest_file(settings.warehouse_path, SAMPLE_CSV)
     con = duckdb.connect(settings.warehouse_path)
     first, last = (
@@ -58,8 +34,8 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory):
     )
     con.close()
     with DagsterInstance.ephemeral() as instance:
-        first_run = _materialise(settings, first, last, instance)
-        second_run = _materialise(settings, first, last, instance)
+        first_run = materialise_range(settings, first, last, instance)
+        second_run = materialise_range(settings, first, last, instance)
     mp.undo()
     return settings, ingest, first_run, second_run
 
@@ -138,7 +114,7 @@ def test_rematerialising_the_same_range_makes_no_api_calls(sample_run) -> None:
     _, _, first_run, second_run = sample_run
     assert second_run.success
     for asset in ("enriched_persons", "enriched_companies"):
-        first, again = _metadata(first_run, asset), _metadata(second_run, asset)
+        first, again = metadata_of(first_run, asset), metadata_of(second_run, asset)
         assert first["api_calls"] > 0
         assert again["api_calls"] == 0
         assert again["lookups_needed"] == 0
@@ -147,7 +123,7 @@ def test_rematerialising_the_same_range_makes_no_api_calls(sample_run) -> None:
 
 def test_metadata_names_the_provider_and_costs(sample_run) -> None:
     _, _, first_run, _ = sample_run
-    persons = _metadata(first_run, "enriched_persons")
+    persons = metadata_of(first_run, "enriched_persons")
     assert persons["provider"] == "sandbox"
     assert persons["matched"] + persons["no_match"] + persons["errors"] == persons["lookups_needed"]
     for key in ("rate_limited_429", "retries", "credits_used", "duration_s", "preview"):

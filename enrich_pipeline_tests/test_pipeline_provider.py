@@ -14,6 +14,7 @@ from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import (
+    ASSET_KEYS,
     materialise_range,
     metadata_of,
     sandbox_over_http,
@@ -52,7 +53,7 @@ def test_real_http_sandbox_with_a_key_gives_identical_results_and_never_leaks_it
     assert materialise_range(in_process, "2026-09-01", "2026-09-03").success
 
     over_http = _landed(tmp_path, "over_http")
-    with sandbox_over_http(SandboxConfig(api_key=SECRET, latency_ms=0)) as url:
+    with sandbox_over_http(SandboxConfig(accepted_api_key=SECRET, latency_ms=0)) as url:
         monkeypatch.setenv("DATA_LEGION_API_KEY", SECRET)
         over_http = Settings(
             warehouse_path=over_http.warehouse_path,
@@ -72,10 +73,7 @@ def test_real_http_sandbox_with_a_key_gives_identical_results_and_never_leaks_it
 
     warehouse_bytes = Path(over_http.warehouse_path).read_bytes()
     export_text = (Path(over_http.export_dir) / "crm_contacts.csv").read_text()
-    all_metadata = [
-        str(metadata_of(result, asset))
-        for asset in ("raw_contacts", "enriched_persons", "enriched_companies", "crm_exports")
-    ]
+    all_metadata = [str(metadata_of(result, asset)) for asset in ASSET_KEYS]
     assert SECRET.encode() not in warehouse_bytes
     assert SECRET not in export_text
     assert not any(SECRET in text for text in [*logs, *all_metadata, caplog.text])
@@ -85,7 +83,7 @@ def test_a_wrong_key_fails_the_run_at_once_naming_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _landed(tmp_path, "wrong_key")
-    with sandbox_over_http(SandboxConfig(api_key="the-right-key", latency_ms=0)) as url:
+    with sandbox_over_http(SandboxConfig(accepted_api_key="the-right-key", latency_ms=0)) as url:
         monkeypatch.setenv("DATA_LEGION_API_KEY", SECRET)
         settings = Settings(
             warehouse_path=settings.warehouse_path,

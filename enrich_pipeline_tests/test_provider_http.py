@@ -5,9 +5,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from enrich_pipeline.provider.http import build_http_client, redact_headers
+from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.shared_limit import STATE_DIR_ENV
 
 KEY = "dl-secret-key-1234567890"
 
@@ -39,18 +38,6 @@ def test_client_sends_key_agent_and_json_accept_to_the_base_url() -> None:
     assert stats.requests == 1
 
 
-def test_redact_headers_hides_credentials_only() -> None:
-    headers = httpx.Headers(
-        {"api-key": KEY, "Authorization": "Bearer x", "Request-ID": "r-1", "Accept": "*/*"}
-    )
-    assert redact_headers(headers) == {
-        "api-key": "[redacted]",
-        "authorization": "[redacted]",
-        "request-id": "r-1",
-        "accept": "*/*",
-    }
-
-
 def _one_call(stats: CallStats, shared_state_dir: Path | None = None) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"RateLimit-Policy": "100/min"})
@@ -71,7 +58,7 @@ def _one_call(stats: CallStats, shared_state_dir: Path | None = None) -> None:
 def test_shared_limiter_state_is_written_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "default"))
+    monkeypatch.setenv("ENRICH_LIMITER_DIR", str(tmp_path / "default"))
     _one_call(CallStats())
     assert not (tmp_path / "default").exists()
 

@@ -32,6 +32,7 @@ from enrich_pipeline.provider.pacing import PACING_MARGIN
 from enrich_pipeline.provider.transports import THROTTLE_JITTER_S, ThrottleTransport
 from enrich_pipeline.sandbox.config import BulkCost, HeaderStyle, LimitAlgorithm, SandboxConfig
 from enrich_pipeline.sandbox.ratelimit import Decision, RateLimiter, make_limiter
+from enrich_pipeline.settings import SettingError, Settings
 
 # Deliberately not on a minute boundary: fixed windows are aligned to the epoch.
 T0 = 1_700_000_017.3
@@ -534,9 +535,10 @@ def test_sandbox_windows_can_be_shortened() -> None:
     assert [bucket.acquire().allowed for _ in range(2)] == [True, False]
 
 
-def test_sandbox_window_setting() -> None:
+def test_sandbox_window_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SandboxConfig().rate_window_s == 60
-    config = SandboxConfig.from_env({"ENRICH_SANDBOX_RATE_WINDOW_S": "2.5"})
-    assert config.rate_window_s == 2.5
-    with pytest.raises(ValueError, match="ENRICH_SANDBOX_RATE_WINDOW_S"):
-        SandboxConfig.from_env({"ENRICH_SANDBOX_RATE_WINDOW_S": "0"})
+    monkeypatch.setenv("ENRICH_SANDBOX_RATE_WINDOW_S", "2.5")
+    assert Settings.from_env().sandbox.rate_window_s == 2.5
+    monkeypatch.setenv("ENRICH_SANDBOX_RATE_WINDOW_S", "0")
+    with pytest.raises(SettingError, match="ENRICH_SANDBOX_RATE_WINDOW_S"):
+        Settings.from_env()

@@ -20,30 +20,12 @@ from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats, PersonQuery
 from enrich_pipeline.provider.pacing import PACING_MARGIN, Pacer
 from enrich_pipeline.provider.ratelimit_headers import parse_rate_limit
-from enrich_pipeline.provider.shared_limit import (
-    STATE_DIR_ENV,
-    SharedStateStore,
-    default_state_dir,
-    state_key,
-)
+from enrich_pipeline.provider.shared_limit import SharedStateStore, state_key
+from enrich_pipeline_tests.helpers import FakeTime
 
 NOW = 1_700_000_000.0
 BASE = "https://provider.test"
 KEY = "dl-secret-key-1234567890"
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = NOW
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def store(directory: Path, **kwargs: Any) -> SharedStateStore:
@@ -147,17 +129,6 @@ def test_an_unreadable_file_starts_afresh(tmp_path: Path) -> None:
         state.observe(parse_rate_limit({"RateLimit-Policy": "100/min"}, NOW), 200, NOW)
     with store(tmp_path).transaction(NOW) as state:
         assert state.rate_per_s == pytest.approx(100 / 60)
-
-
-def test_default_directory_honours_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "limits"))
-    assert default_state_dir() == tmp_path / "limits"
-    SharedStateStore(base_url=BASE, api_key=KEY)
-    assert len(list((tmp_path / "limits").iterdir())) == 1
-    monkeypatch.delenv(STATE_DIR_ENV)
-    assert default_state_dir() == Path.home() / ".cache" / "enrich_pipeline" / "ratelimit"
 
 
 # --- real processes ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from enrich_pipeline.provider.transports import (
     RETRY_AFTER_JITTER_S,
     THROTTLE_JITTER_S,
     RetryTransport,
+    StatsTransport,
     ThrottleTransport,
 )
 from enrich_pipeline_tests.helpers import FakeTime
@@ -43,12 +44,10 @@ def scripted(*responses: httpx.Response | Exception) -> tuple[Handler, list[http
 def retrying(
     handler: Handler, fake: FakeTime, stats: CallStats, **kwargs: Any
 ) -> httpx.AsyncClient:
+    """Retries around the counts, as ``build_http_client`` composes them."""
+    counted = StatsTransport(httpx.MockTransport(handler), stats=stats)
     transport = RetryTransport(
-        httpx.MockTransport(handler),
-        stats=stats,
-        sleep=fake.sleep,
-        clock=fake.clock,
-        **kwargs,
+        counted, sleep=fake.sleep, clock=fake.clock, on_retry=counted.count_retry, **kwargs
     )
     return httpx.AsyncClient(transport=transport)
 
@@ -311,7 +310,6 @@ def test_retry_through_throttle_waits_once_for_retry_after() -> None:
         ThrottleTransport(
             httpx.MockTransport(handler), stats=stats, clock=fake.clock, sleep=fake.sleep
         ),
-        stats=stats,
         clock=fake.clock,
         sleep=fake.sleep,
     )
@@ -333,17 +331,18 @@ def test_transports_wrap_an_asgi_app() -> None:
 
     app = Starlette(routes=[Route("/person/enrich", enrich, methods=["POST"])])
     fake, stats = FakeTime(), CallStats()
-    transport = RetryTransport(
+    counted = StatsTransport(
         ThrottleTransport(
             httpx.ASGITransport(app=app), stats=stats, clock=fake.clock, sleep=fake.sleep
         ),
         stats=stats,
-        clock=fake.clock,
-        sleep=fake.sleep,
+    )
+    transport = RetryTransport(
+        counted, clock=fake.clock, sleep=fake.sleep, on_retry=counted.count_retry
     )
     response = post(httpx.AsyncClient(transport=transport))
     assert response.json() == {"matches": [], "total": 0}
-    assert stats.requests == 2
+    assert (stats.requests, stats.retries) == (2, 1)
 
 
 def test_a_request_that_fails_frees_its_place_in_flight() -> None:

@@ -1,17 +1,40 @@
-"""The README's configuration tables name every setting the code reads."""
+"""The README says what the code does: its configuration tables list exactly the settings the
+code declares, each environment variable is declared once, and the quickstart is the two make
+targets."""
 
 from __future__ import annotations
 
-from enrich_pipeline.sandbox.config import ENV_VARS
-from enrich_pipeline.settings import SETTINGS
+import re
+
+from enrich_pipeline.settings import declared_settings
 from enrich_pipeline_tests.conftest import REPO
 
+_TABLE_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \|", re.MULTILINE)
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
+
+def _configuration_section() -> str:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    names = [s.env for s in SETTINGS.values()] + [v.name for v in ENV_VARS]
-    missing = [name for name in names if f"| `{name}` |" not in readme]
-    assert not missing, f"README configuration table lacks {missing}"
+    return readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_configuration_tables_list_exactly_the_declared_settings() -> None:
+    documented = _TABLE_ROW.findall(_configuration_section())
+    declared = set(declared_settings())
+    assert not declared - set(documented), "declared but not in the README's tables"
+    assert not set(documented) - declared, "in the README's tables but not declared"
+    assert len(documented) == len(set(documented)), "a variable has two rows"
+
+
+def test_each_environment_variable_is_declared_in_one_place() -> None:
+    sources = {
+        path: path.read_text(encoding="utf-8") for path in (REPO / "enrich_pipeline").rglob("*.py")
+    }
+    for name in declared_settings():
+        quoted = re.compile(rf"[\"']{name}[\"']")
+        places = [
+            str(path.relative_to(REPO)) for path, text in sources.items() if quoted.search(text)
+        ]
+        assert len(places) == 1, f"{name} is written out as a string in {places}"
 
 
 def test_readme_quickstart_is_the_two_make_targets() -> None:

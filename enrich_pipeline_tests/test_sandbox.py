@@ -11,8 +11,6 @@ import httpx
 import pytest
 
 from enrich_pipeline.sandbox import SandboxConfig, create_app
-from enrich_pipeline.sandbox.config import ENV_VARS
-from enrich_pipeline.sandbox.profiles import company_profile, person_profile
 from enrich_pipeline.sandbox.ratelimit import FixedWindowLimiter, TokenBucketLimiter
 
 KEY = {"API-Key": "test-key"}
@@ -58,6 +56,25 @@ def post(
     return run(config, lambda c: c.post(path, json=body, headers=headers))
 
 
+def person_records(identifiers: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The person record for each query (up to 100), from one bulk call: everything matches."""
+    body = {"items": identifiers}
+    results = post(cfg(), "/person/enrich/bulk", body).json()["results"]
+    return [result["matches"][0]["person"] for result in results]
+
+
+def person_record(identifiers: dict[str, str]) -> dict[str, Any]:
+    response = post(cfg(), "/person/enrich", identifiers)
+    assert response.status_code == 200
+    return response.json()["matches"][0]["person"]
+
+
+def company_record(domain: str) -> dict[str, Any]:
+    response = post(cfg(), "/company/enrich", {"domain": domain})
+    assert response.status_code == 200
+    return response.json()["matches"][0]["company"]
+
+
 # --- auth and health ---------------------------------------------------------------------
 
 
@@ -75,7 +92,7 @@ def test_missing_or_empty_key_is_401() -> None:
 
 
 def test_configured_key_is_the_only_one_accepted() -> None:
-    config = cfg(api_key="right-key")
+    config = cfg(accepted_api_key="right-key")
     wrong = post(config, "/person/enrich", {"email": "a@b.io"}, {"API-Key": "wrong"})
     right = post(config, "/person/enrich", {"email": "a@b.io"}, {"API-Key": "right-key"})
     assert wrong.status_code == 401
@@ -111,39 +128,34 @@ def test_differently_written_identifier_gives_the_same_profile(
 
 
 def test_company_email_shapes_the_profile() -> None:
-    person = person_profile({"email": "Jane.Doe@acme-robotics.io"}, 1.0)
-    assert person is not None
+    person = person_record({"email": "Jane.Doe@acme-robotics.io"})
     assert (person["first_name"], person["last_name"]) == ("Jane", "Doe")
     assert person["company_domain"] == "acme-robotics.io"
     assert person["company_name"] == "Acme Robotics"
     assert person["work_email"] == "jane.doe@acme-robotics.io"
-    company = company_profile("https://www.acme-robotics.io/", 1.0)
-    assert company is not None
+    company = company_record("https://www.acme-robotics.io/")
     assert company["name"]["cleaned"] == "Acme Robotics"
     assert person["company_industry"] == company["industry"]
     assert person["company_size"] == company["size"]
 
 
 def test_free_mail_is_never_the_company() -> None:
-    person = person_profile({"email": "jdoe1987@gmail.com"}, 1.0)
-    assert person is not None
+    person = person_record({"email": "jdoe1987@gmail.com"})
     assert person["company_domain"] != "gmail.com"
     assert person["work_email"].endswith("@" + person["company_domain"])
     assert {e["address"]: e["type"] for e in person["emails"]}["jdoe1987@gmail.com"] == "personal"
 
 
 def test_profiles_have_the_documented_wire_shape() -> None:
-    person = person_profile({"email": "sam@northwind.dev"}, 1.0)
-    assert person is not None
+    person = person_record({"email": "sam@northwind.dev"})
     assert re.fullmatch(r"\d+-\d+|\d+\+", person["company_size"])
     for name in ("emails", "phones", "experience", "education", "socials", "locations"):
         assert isinstance(person[name], list)
-    phones = [person_profile({"email": f"p{i}@northwind.dev"}, 1.0) for i in range(50)]
-    numbers = [p["mobile_phone"] for p in phones if p and p["mobile_phone"]]
+    persons = person_records([{"email": f"p{i}@northwind.dev"} for i in range(50)])
+    numbers = [p["mobile_phone"] for p in persons if p["mobile_phone"]]
     assert numbers
     assert all(re.fullmatch(r"\+1\d{10}", n) for n in numbers)
-    company = company_profile("northwind.dev", 1.0)
-    assert company is not None
+    company = company_record("northwind.dev")
     assert set(company["legion_employee_growth_rate"]) == {"1m", "3m", "6m", "12m"}
 
 
@@ -235,10 +247,11 @@ def test_include_and_exclude_fields_trim_the_record() -> None:
 
 
 def test_required_field_missing_means_no_match() -> None:
+    queries = [{"email": f"p{i}@acme.io"} for i in range(100)]
     email = next(
-        e
-        for i in range(200)
-        if (p := person_profile({"email": (e := f"p{i}@acme.io")}, 1.0)) and not p["mobile_phone"]
+        query["email"]
+        for query, person in zip(queries, person_records(queries), strict=True)
+        if not person["mobile_phone"]
     )
     response = post(cfg(), "/person/enrich", {"email": email, "required_fields": "mobile_phone"})
     assert response.status_code == 404
@@ -483,47 +496,6 @@ def test_latency_and_slow_requests_go_through_the_sleep_function() -> None:
 
 
 # --- configuration ---------------------------------------------------------------------
-
-
-def test_config_from_env() -> None:
-    config = SandboxConfig.from_env(
-        {
-            "ENRICH_SANDBOX_MATCH_RATE": "0.5",
-            "ENRICH_SANDBOX_RATE_LIMIT": "none",
-            "ENRICH_SANDBOX_LIMIT_ALGORITHM": "token_bucket",
-            "ENRICH_SANDBOX_HEADER_STYLE": "ietf",
-            "ENRICH_SANDBOX_CREDITS": "10",
-        }
-    )
-    assert config == SandboxConfig(
-        match_rate=0.5,
-        rate_limit_per_min=None,
-        limit_algorithm="token_bucket",
-        header_style="ietf",
-        credits=10,
-    )
-    assert SandboxConfig.from_env({"ENRICH_SANDBOX_RATE_LIMIT": "0"}).rate_limit_per_min is None
-    assert SandboxConfig.from_env({}) == SandboxConfig()
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("ENRICH_SANDBOX_MATCH_RATE", "lots"),
-        ("ENRICH_SANDBOX_MATCH_RATE", "1.5"),
-        ("ENRICH_SANDBOX_RATE_LIMIT", "-3"),
-        ("ENRICH_SANDBOX_HEADER_STYLE", "rfc"),
-    ],
-)
-def test_malformed_env_value_names_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ValueError, match=name):
-        SandboxConfig.from_env({name: value})
-
-
-def test_env_var_table_covers_every_setting() -> None:
-    documented = {var.field for var in ENV_VARS}
-    assert documented == set(SandboxConfig.__dataclass_fields__)
-    assert all(var.name.startswith("ENRICH_SANDBOX_") and var.meaning for var in ENV_VARS)
 
 
 def test_a_shorter_window_is_enforced_and_announced() -> None:

@@ -24,7 +24,7 @@ from enrich_pipeline.dagster_layer.jobs import (
     enrich_contacts_job,
 )
 from enrich_pipeline.dagster_layer.resources import WarehouseResource
-from enrich_pipeline.dagster_layer.schedules import stale_refresh_schedule
+from enrich_pipeline.dagster_layer.schedules import SCHEDULE_NAME
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.provider.models import EnrichmentResult, Outcome
 from enrich_pipeline.settings import Settings
@@ -82,16 +82,18 @@ def instance() -> Iterator[DagsterInstance]:
 
 @pytest.fixture
 def evaluate(settings: Settings, instance: DagsterInstance):
+    defs = build_definitions(settings)
+    schedule = defs.get_schedule_def(SCHEDULE_NAME)
     resources = {
-        **build_definitions(settings).resources,
-        "warehouse": WarehouseResource(path=settings.warehouse_path, lock_timeout_s=0),
+        **defs.resources,
+        "warehouse": WarehouseResource.from_settings(settings, lock_timeout_s=0),
     }
 
     def run() -> list[RunRequest] | SkipReason:
         context = build_schedule_context(
             instance=instance, scheduled_execution_time=SCHEDULED, resources=resources
         )
-        return stale_refresh_schedule(context)
+        return schedule(context)
 
     return run
 
@@ -104,7 +106,8 @@ def ranges(result: list[RunRequest] | SkipReason) -> list[tuple[date, date]]:
     ]
 
 
-def test_the_schedule_runs_daily_at_three_utc_by_default() -> None:
+def test_the_schedule_runs_daily_at_three_utc_by_default(settings: Settings) -> None:
+    stale_refresh_schedule = build_definitions(settings).get_schedule_def(SCHEDULE_NAME)
     assert stale_refresh_schedule.cron_schedule == "0 3 * * *"
     assert stale_refresh_schedule.execution_timezone == "UTC"
     assert stale_refresh_schedule.default_status == DefaultScheduleStatus.RUNNING

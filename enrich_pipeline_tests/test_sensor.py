@@ -28,7 +28,7 @@ from enrich_pipeline.dagster_layer.jobs import (
     enrich_contacts_job,
 )
 from enrich_pipeline.dagster_layer.resources import WarehouseResource
-from enrich_pipeline.dagster_layer.sensors import build_new_contacts_sensor
+from enrich_pipeline.dagster_layer.sensors import SENSOR_NAME
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
@@ -53,12 +53,13 @@ class Ticks:
     """Evaluates the sensor tick after tick as the daemon does, carrying its cursor."""
 
     def __init__(self, settings: Settings, instance: DagsterInstance) -> None:
-        self.sensor: SensorDefinition = build_new_contacts_sensor(settings)
+        defs = build_definitions(settings)
+        self.sensor: SensorDefinition = defs.get_sensor_def(SENSOR_NAME)
         self.instance = instance
         # No waiting on another process's lock: a held lock must be answered at once.
         self.resources = {
-            **build_definitions(settings).resources,
-            "warehouse": WarehouseResource(path=settings.warehouse_path, lock_timeout_s=0),
+            **defs.resources,
+            "warehouse": WarehouseResource.from_settings(settings, lock_timeout_s=0),
         }
         self.cursor: str | None = None
 
@@ -100,7 +101,7 @@ def ticks(settings: Settings, instance: DagsterInstance) -> Ticks:
 
 
 def test_the_sensor_runs_by_default_at_the_configured_interval() -> None:
-    sensor = build_new_contacts_sensor(Settings(sensor_interval_s=7))
+    sensor = build_definitions(Settings(sensor_interval_s=7)).get_sensor_def(SENSOR_NAME)
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 7
     assert sensor.job_name == ENRICH_JOB_NAME

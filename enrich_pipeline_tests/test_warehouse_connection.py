@@ -1,4 +1,4 @@
-"""Opening the warehouse while another process holds its write lock."""
+"""Opening the warehouse while another process holds its write lock; transactions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from enrich_pipeline.warehouse.connection import WarehouseBusy, connect, is_lock_error
+from enrich_pipeline.warehouse.connection import (
+    WarehouseBusy,
+    connect,
+    is_lock_error,
+    transaction,
+)
 from enrich_pipeline_tests.helpers import held_by_another_process, release
 
 
@@ -62,3 +67,35 @@ def test_is_lock_error_only_accepts_duckdb_lock_io_errors() -> None:
     assert not is_lock_error(duckdb.IOException('Cannot open file "w.duckdb": Is a directory'))
     assert not is_lock_error(OSError("lock held"))
     assert not is_lock_error(duckdb.CatalogException("Table lock does not exist"))
+
+
+@pytest.fixture
+def keyed() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (i INTEGER PRIMARY KEY)")
+    return con
+
+
+def test_a_transaction_commits_when_its_block_finishes(keyed: duckdb.DuckDBPyConnection) -> None:
+    with transaction(keyed):
+        keyed.execute("INSERT INTO t VALUES (1)")
+
+    assert keyed.execute("SELECT i FROM t").fetchall() == [(1,)]
+
+
+def test_a_transaction_rolls_back_when_its_block_raises(keyed: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(RuntimeError, match="stop"), transaction(keyed):
+        keyed.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("stop")
+
+    assert keyed.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_failed_commit_raises_its_own_error(keyed: duckdb.DuckDBPyConnection) -> None:
+    # The other cursor commits the same key first, so this COMMIT fails (and rolls back);
+    # the ROLLBACK after it finds no transaction, and must not hide why the commit failed.
+    with pytest.raises(duckdb.TransactionException, match="Failed to commit"), transaction(keyed):
+        keyed.execute("INSERT INTO t VALUES (1)")
+        keyed.cursor().execute("INSERT INTO t VALUES (1)")
+
+    assert keyed.execute("SELECT count(*) FROM t").fetchone() == (1,)

@@ -231,7 +231,7 @@ def test_rerunning_the_merge_is_idempotent(con: duckdb.DuckDBPyConnection) -> No
 
     assert (first.records, first.created, first.updated, first.unchanged) == (2, 2, 0, 0)
     assert (second.records, second.created, second.updated, second.unchanged) == (2, 0, 0, 2)
-    assert not second.changed
+    assert second.removed == 0
     assert con.execute("SELECT * FROM crm_contacts ORDER BY email").fetchall() == before
 
 

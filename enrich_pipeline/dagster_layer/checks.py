@@ -16,23 +16,26 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     AssetsDefinition,
-    ConfigurableResource,
     FreshnessPolicy,
     MetadataValue,
     apply_freshness_policy,
     asset_check,
 )
-from pydantic import Field
 
+from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.assets import (
+    clean_contacts,
     crm_exports,
     enriched_companies,
     enriched_persons,
-    raw_contacts,
 )
-from enrich_pipeline.dagster_layer.enrichment_pass import utc_now
-from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.dagster_layer.resources import (
+    PipelineResource,
+    SettingsResource,
+    WarehouseResource,
+)
+from enrich_pipeline.settings import PipelineSettings, QualitySettings
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.quality import (
     Staleness,
     company_staleness,
@@ -44,20 +47,8 @@ from enrich_pipeline.warehouse.quality import (
 )
 
 
-class QualityThresholds(ConfigurableResource):
+class QualityThresholds(SettingsResource, QualitySettings):
     """What the warning checks accept, as shares between 0 and 1."""
-
-    min_match_rate: float = Field(default=Settings.min_match_rate, ge=0.0, le=1.0)
-    max_quarantine_share: float = Field(default=Settings.max_quarantine_share, ge=0.0, le=1.0)
-    max_stale_share: float = Field(default=Settings.max_stale_share, ge=0.0, le=1.0)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> QualityThresholds:
-        return cls(
-            min_match_rate=settings.min_match_rate,
-            max_quarantine_share=settings.max_quarantine_share,
-            max_stale_share=settings.max_stale_share,
-        )
 
 
 def _percent(share: float) -> str:
@@ -127,7 +118,7 @@ def every_contact_has_a_person_status(warehouse: WarehouseResource) -> AssetChec
     name="match_rate_above_floor",
     description=(
         "Matched / (matched + no_match) over every stored person answer is at least "
-        "ENRICH_MIN_MATCH_RATE."
+        f"{env_name(QualitySettings, 'min_match_rate')}."
     ),
 )
 def match_rate_above_floor(
@@ -182,7 +173,7 @@ def _staleness_result(found: Staleness, ceiling: float, what: str) -> AssetCheck
 
 _STALE_DESCRIPTION = (
     "The share of {what} records past their TTL (matched past the {what} TTL, no_match past "
-    "the retry window, errors) is at most ENRICH_MAX_STALE_SHARE."
+    f"the retry window, errors) is at most {env_name(QualitySettings, 'max_stale_share')}."
 )
 
 
@@ -192,7 +183,7 @@ _STALE_DESCRIPTION = (
     description=_STALE_DESCRIPTION.format(what="person"),
 )
 def person_stale_share_below_ceiling(
-    warehouse: WarehouseResource, pipeline: PipelineSettings, quality: QualityThresholds
+    warehouse: WarehouseResource, pipeline: PipelineResource, quality: QualityThresholds
 ) -> AssetCheckResult:
     with warehouse.connect() as con:
         found = person_staleness(con, utc_now(), pipeline.freshness)
@@ -205,7 +196,7 @@ def person_stale_share_below_ceiling(
     description=_STALE_DESCRIPTION.format(what="company"),
 )
 def company_stale_share_below_ceiling(
-    warehouse: WarehouseResource, pipeline: PipelineSettings, quality: QualityThresholds
+    warehouse: WarehouseResource, pipeline: PipelineResource, quality: QualityThresholds
 ) -> AssetCheckResult:
     with warehouse.connect() as con:
         found = company_staleness(con, utc_now(), pipeline.freshness)
@@ -213,11 +204,11 @@ def company_stale_share_below_ceiling(
 
 
 @asset_check(
-    asset=raw_contacts,
+    asset=clean_contacts,
     name="quarantine_share_below_ceiling",
     description=(
         "Rows refused at landing or quarantined by validation, as a share of the rows checked "
-        "so far, are at most ENRICH_MAX_QUARANTINE_SHARE."
+        f"so far, are at most {env_name(QualitySettings, 'max_quarantine_share')}."
     ),
 )
 def quarantine_share_below_ceiling(
@@ -259,10 +250,10 @@ QUALITY_CHECKS = [
 ]
 
 
-def freshness_policies(settings: Settings) -> dict[AssetKey, FreshnessPolicy]:
+def freshness_policies(settings: PipelineSettings) -> dict[AssetKey, FreshnessPolicy]:
     """How long each asset may go without a materialisation (of any partition) before the UI
     calls it late: its records' TTL, past which everything it holds is due again. The CRM
-    export carries the person profiles, so it follows the person TTL. raw_contacts has none:
+    export carries the person profiles, so it follows the person TTL. clean_contacts has none:
     contacts arrive when they arrive."""
     person = FreshnessPolicy.time_window(fail_window=timedelta(days=settings.person_ttl_days))
     company = FreshnessPolicy.time_window(fail_window=timedelta(days=settings.company_ttl_days))
@@ -274,7 +265,7 @@ def freshness_policies(settings: Settings) -> dict[AssetKey, FreshnessPolicy]:
 
 
 def with_freshness(
-    assets: Sequence[AssetsDefinition], settings: Settings
+    assets: Sequence[AssetsDefinition], settings: PipelineSettings
 ) -> list[AssetsDefinition]:
     """The assets with their freshness policies attached (the others unchanged)."""
     policies = freshness_policies(settings)

@@ -1,5 +1,5 @@
-"""Where CRM records go after the merge: one resource per destination, chosen by
-``ENRICH_CRM_DESTINATIONS``. Each delivers only what changed since it last delivered (state per
+"""Where CRM records go after the merge: one resource per destination, chosen by the
+``crm_destinations`` setting. Each delivers only what changed since it last delivered (state per
 destination in ``crm_sync_state``) and reports records created, updated, unchanged and failed."""
 
 from __future__ import annotations
@@ -11,25 +11,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-from dagster import ConfigurableResource, Failure, MetadataValue
+from dagster import Failure, MetadataValue
 from pydantic import Field
 
-from enrich_pipeline.dagster_layer.enrichment_pass import utc_now
-from enrich_pipeline.dagster_layer.resources import WarehouseResource
+from enrich_pipeline.clock import utc_now
+from enrich_pipeline.dagster_layer.resources import SettingsResource, WarehouseResource
 from enrich_pipeline.destinations.files import export_paths, write_crm_files
 from enrich_pipeline.destinations.hubspot import (
-    HUBSPOT_DEFAULT_BASE_URL,
-    RATE_WINDOW_S,
     TOKEN_SETTING,
     WRITE_SCOPE,
     HubSpotAuthError,
-    SlidingWindowTransport,
+    HubSpotClient,
     UpsertOutcome,
-    upsert_contacts,
 )
-from enrich_pipeline.provider.models import CallStats
 from enrich_pipeline.provider.transports import Clock, Sleep
+from enrich_pipeline.settings import FileExportSettings, HubSpotSettings, PipelineSettings
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.crm_sync import (
     PendingRecord,
     SyncOutcome,
@@ -43,6 +40,7 @@ from enrich_pipeline.warehouse.crm_sync import (
 )
 
 FAILURES_SHOWN = 50
+_DESTINATIONS = env_name(PipelineSettings, "crm_destinations")
 
 
 @dataclass
@@ -87,13 +85,11 @@ def _failures_markdown(failures: list[tuple[str, str]], total: int) -> str:
     return "\n".join(lines)
 
 
-class FileDestination(ConfigurableResource):
+class FileDestination(SettingsResource, FileExportSettings):
     """``crm_contacts.csv`` (HubSpot import labels, formula-looking cells escaped) and
     ``crm_contacts.parquet`` (typed, as stored) in ``export_dir``, each replaced atomically.
     Both are rewritten when a record was created, changed or removed since they were last
     written, or when either is missing; otherwise they are left as they are."""
-
-    export_dir: str = Field(default="data/exports", description="ENRICH_EXPORT_DIR")
 
     def deliver(
         self, warehouse: WarehouseResource, columns: Sequence[str], logger: logging.Logger
@@ -127,7 +123,7 @@ class FileDestination(ConfigurableResource):
         )
 
 
-class HubSpotDestination(ConfigurableResource):
+class HubSpotDestination(SettingsResource, HubSpotSettings):
     """HubSpot contacts, upserted by email (``POST /crm/v3/objects/contacts/batch/upsert``, at
     most 100 per call, paced to ``requests_per_10s``, 429 and 5xx retried).
 
@@ -143,9 +139,9 @@ class HubSpotDestination(ConfigurableResource):
 
     access_token: str | None = Field(
         default=None,
-        description=f"{TOKEN_SETTING}: private app token with the {WRITE_SCOPE} scope",
+        description=f"{TOKEN_SETTING}, read through EnvVar when a run starts: a private app "
+        f"token with the {WRITE_SCOPE} scope",
     )
-    base_url: str = Field(default=HUBSPOT_DEFAULT_BASE_URL, description="HUBSPOT_BASE_URL")
     requests_per_10s: int = Field(
         default=100, description="HubSpot's limit: 100 per 10 s on Free/Starter, 150 on Pro"
     )
@@ -167,9 +163,9 @@ class HubSpotDestination(ConfigurableResource):
         if not token:
             raise Failure(
                 description=(
-                    f"hubspot is in ENRICH_CRM_DESTINATIONS but {TOKEN_SETTING} is not set: set "
-                    f"it to a private app token with the {WRITE_SCOPE} scope, or remove hubspot "
-                    "from ENRICH_CRM_DESTINATIONS"
+                    f"hubspot is in {_DESTINATIONS} but {TOKEN_SETTING} is not set: set it to a "
+                    f"private app token with the {WRITE_SCOPE} scope, or remove hubspot from "
+                    f"{_DESTINATIONS}"
                 )
             )
         spec = hubspot_spec(columns)
@@ -209,77 +205,42 @@ class HubSpotDestination(ConfigurableResource):
     ) -> None:
         """Round after round until nothing is left. A round in which every record failed (HubSpot
         down, or refusing everything) ends the run: the rest stay pending, counted as failed."""
-        shared = _SharedWindow(
-            SlidingWindowTransport(
-                httpx.AsyncHTTPTransport(),
-                limit=self.requests_per_10s,
-                window_s=RATE_WINDOW_S,
-                stats=CallStats(),
-                clock=clock,
-                sleep=sleep,
-            )
-        )
-        attempted, after = 0, ""
-        try:
-            while True:
-                with warehouse.connect() as con:
-                    batch = read_pending(con, spec, after=after, limit=self.records_per_round)
-                if not batch:
-                    break
-                after = batch[-1].email
-                outcomes = await upsert_contacts(
-                    [record.values for record in batch],
-                    token=token,
-                    base_url=self.base_url,
-                    transport=shared,
-                    sleep=sleep,
-                    clock=clock,
-                    requests_per_10s=self.requests_per_10s,
-                    max_attempts=self.max_attempts,
-                )
-                with warehouse.connect() as con:
-                    record_outcomes(con, spec, _sync_outcomes(batch, outcomes), utc_now())
-                attempted += len(batch)
-                _tally(report, outcomes)
-                if all(outcome.status == "failed" for outcome in outcomes):
-                    not_sent = max(pending - attempted, 0)
-                    report.failed += not_sent
-                    report.extra["not_sent"] = not_sent
-                    break
-        finally:
-            report.extra["api_calls"] = shared.requests
-            report.extra["rate_limited_429"] = shared.rate_limited
-            await shared.close()
-
-
-class _SharedWindow(httpx.AsyncBaseTransport):
-    """One sliding window over every round, so that rounds sent back to back stay under
-    HubSpot's limit together; counts the requests. ``upsert_contacts`` closes its transport at
-    the end of each call, so closing is left to ``close`` at the end of the delivery."""
-
-    def __init__(self, window: SlidingWindowTransport) -> None:
-        self._window = window
-        self.requests = 0
-        self.rate_limited = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests += 1
-        response = await self._window.handle_async_request(request)
-        if response.status_code == 429:
-            self.rate_limited += 1
-        return response
-
-    async def aclose(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        await self._window.aclose()
+        async with HubSpotClient(
+            token=token,
+            base_url=self.hubspot_base_url,
+            sleep=sleep,
+            clock=clock,
+            requests_per_10s=self.requests_per_10s,
+            max_attempts=self.max_attempts,
+        ) as hubspot:
+            attempted, after = 0, ""
+            try:
+                while True:
+                    with warehouse.connect() as con:
+                        batch = read_pending(con, spec, after=after, limit=self.records_per_round)
+                    if not batch:
+                        break
+                    after = batch[-1].email
+                    outcomes = await hubspot.upsert_contacts([record.values for record in batch])
+                    with warehouse.connect() as con:
+                        record_outcomes(con, spec, _sync_outcomes(batch, outcomes), utc_now())
+                    attempted += len(batch)
+                    _tally(report, outcomes)
+                    if all(outcome.status == "failed" for outcome in outcomes):
+                        not_sent = max(pending - attempted, 0)
+                        report.failed += not_sent
+                        report.extra["not_sent"] = not_sent
+                        break
+            finally:
+                # Also when HubSpot refused the token: the failure's metadata shows the calls.
+                report.extra["api_calls"] = hubspot.stats.requests
+                report.extra["rate_limited_429"] = hubspot.stats.rate_limited
 
 
 def _sync_outcomes(
     batch: Sequence[PendingRecord], outcomes: Sequence[UpsertOutcome]
 ) -> list[SyncOutcome]:
-    # upsert_contacts answers in input order, one outcome per record.
+    # HubSpotClient.upsert_contacts answers in input order, one outcome per record.
     return [
         SyncOutcome(
             email=record.email,

@@ -1,20 +1,13 @@
-"""``enrich_contacts``: the four assets as one partitioned job, and the run request for a range of
-its days. The sensor and the schedule launch it; a range of days is always one run."""
+"""``enrich_contacts``: the four pipeline assets as one partitioned job, and the run request for a
+range of its days. The sensor and the schedule launch it; a range of days is always one run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import date
+from collections.abc import Mapping
 
 from dagster import AssetSelection, RunRequest, define_asset_job
 
-from enrich_pipeline.dagster_layer.assets import (
-    crm_exports,
-    enriched_companies,
-    enriched_persons,
-    raw_contacts,
-)
-from enrich_pipeline.dagster_layer.partitions import contact_partitions
+from enrich_pipeline.dagster_layer.assets import PIPELINE_ASSETS
 from enrich_pipeline.warehouse.automation import DayRange
 
 ENRICH_JOB_NAME = "enrich_contacts"
@@ -25,31 +18,12 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 enrich_contacts_job = define_asset_job(
     name=ENRICH_JOB_NAME,
-    selection=AssetSelection.assets(
-        raw_contacts, enriched_persons, enriched_companies, crm_exports
-    ),
-    partitions_def=contact_partitions,
+    selection=AssetSelection.assets(*PIPELINE_ASSETS),
     description=(
-        "raw_contacts → enriched_persons → enriched_companies → crm_exports over a range of "
+        "clean_contacts → enriched_persons → enriched_companies → crm_exports over a range of "
         "received days, as one run. Launched by new_contacts_sensor and stale_refresh_schedule."
     ),
 )
-
-
-def split_by_partitions(days: Iterable[date]) -> tuple[list[date], list[date]]:
-    """The days that have a partition now, and those that do not (before the partition start,
-    or not come yet)."""
-    first, last = (
-        contact_partitions.get_first_partition_key(),
-        contact_partitions.get_last_partition_key(),
-    )
-    inside: list[date] = []
-    outside: list[date] = []
-    for day in days:
-        key = day.isoformat()
-        has_partition = first is not None and last is not None and first <= key <= last
-        (inside if has_partition else outside).append(day)
-    return inside, outside
 
 
 def range_run_request(days: DayRange, run_key: str, tags: Mapping[str, str]) -> RunRequest:

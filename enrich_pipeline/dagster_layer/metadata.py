@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from enrich_pipeline.enrichment_run import PassReport
+from enrich_pipeline.enrichment_pass import PassReport
 from enrich_pipeline.provider.models import CallStats, Kind
 from enrich_pipeline.warehouse.enrichment import StaleSelection
 

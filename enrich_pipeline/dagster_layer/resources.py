@@ -1,119 +1,134 @@
-"""Typed resources: the warehouse, the enrichment provider, and the pipeline's settings."""
+"""Typed resources: the warehouse, the enrichment provider (real or sandbox), and the pipeline's
+settings. Each inherits its settings group, so its configuration and the descriptions shown in
+the UI are the settings' own; ``from_settings`` fills it from a ``Settings``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
 import duckdb
 import httpx
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from enrich_pipeline.field_profiles import DEFAULT_PROFILE, field_profile
-from enrich_pipeline.merge_policy import DEFAULT_RULES, Confidence, MergePolicy
-from enrich_pipeline.provider.client import (
-    DEFAULT_COMPANY_FIELDS,
-    DEFAULT_PERSON_FIELDS,
-    EnrichmentClient,
-)
+from enrich_pipeline.field_profiles import field_profile
+from enrich_pipeline.merge_policy import DEFAULT_RULES, MergePolicy
+from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.shared_limit import default_state_dir
 from enrich_pipeline.sandbox import SandboxConfig, create_app
-from enrich_pipeline.settings import DEFAULT_BASE_URL
+from enrich_pipeline.settings import (
+    DataLegionSettings,
+    FieldProfileSettings,
+    PipelineSettings,
+    ProviderClientSettings,
+    SecretSettings,
+    Settings,
+    WarehouseSettings,
+)
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.enrichment import Freshness
 
 SANDBOX_LABEL = "sandbox"
+# Never resolved: the in-process sandbox's transport answers every request.
 _SANDBOX_BASE_URL = "http://sandbox.invalid"
 
 
-class WarehouseResource(ConfigurableResource):
+class SettingsResource(ConfigurableResource):
+    """A resource configured from the settings groups it inherits."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **values: Any) -> Self:
+        return cls(**settings.values_for(cls), **values)
+
+
+class WarehouseResource(SettingsResource, WarehouseSettings):
     """The DuckDB file. Connections are opened per unit of work and closed straight after."""
 
-    path: str = Field(default="data/warehouse.duckdb", description="DuckDB file")
     lock_timeout_s: float = Field(
         default=30.0, description="how long to wait for another process's write lock"
     )
-    memory_limit: str = Field(default="1GB", description="DuckDB memory cap per connection")
 
     @property
     def exists(self) -> bool:
-        return Path(self.path).exists()
+        return Path(self.warehouse_path).exists()
 
     @contextmanager
     def read(self, max_wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
         """Read-only, for sensors and schedules: a writer holding the file longer than
         ``max_wait_s`` raises ``WarehouseBusy`` instead of stalling the daemon."""
         with connect(
-            self.path,
+            self.warehouse_path,
             read_only=True,
             lock_timeout_s=min(self.lock_timeout_s, max_wait_s),
-            memory_limit=self.memory_limit,
+            memory_limit=self.duckdb_memory_limit,
         ) as con:
             yield con
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with connect(
-            self.path, lock_timeout_s=self.lock_timeout_s, memory_limit=self.memory_limit
+            self.warehouse_path,
+            lock_timeout_s=self.lock_timeout_s,
+            memory_limit=self.duckdb_memory_limit,
         ) as con:
             yield con
 
 
-class EnrichmentResource(ConfigurableResource):
-    """The person/company enrichment API. With no API key it is the built-in sandbox,
-    in process; the client cannot tell the difference."""
+@dataclass(frozen=True)
+class ProviderEndpoint:
+    """Where an enrichment client's requests go and with which key."""
 
-    api_key: str | None = Field(
-        default=None, description="DATA_LEGION_API_KEY; unset means the built-in sandbox"
-    )
-    base_url: str = DEFAULT_BASE_URL
-    use_bulk: bool = True
-    bulk_size: int = 100
-    max_concurrency: int = 32
-    max_credits_per_run: int | None = None
-    max_attempts: int = 5
-    request_timeout_s: float = 30.0
-    person_fields: str = DEFAULT_PERSON_FIELDS
-    company_fields: str = DEFAULT_COMPANY_FIELDS
+    base_url: str
+    api_key: str
+    # What carries the requests; None is the network.
+    transport: httpx.AsyncBaseTransport | None
+    # Where runs sharing this key keep one rate-limit budget; None keeps it in the process.
+    shared_state_dir: Path | None
+
+
+class EnrichmentResource(SettingsResource, ProviderClientSettings, FieldProfileSettings):
+    """The person/company enrichment API. Two kinds, chosen in ``definitions.py``: the real
+    provider (``DataLegionResource``) and the built-in sandbox (``SandboxEnrichmentResource``);
+    the client cannot tell the difference."""
 
     @property
     def provider(self) -> str:
-        return self.base_url if self.api_key else SANDBOX_LABEL
+        """What asset metadata reports as ``provider``."""
+        raise NotImplementedError
+
+    def endpoint(self, logger: logging.Logger) -> ProviderEndpoint:
+        raise NotImplementedError
 
     @asynccontextmanager
     async def client(
         self, stats: CallStats, logger: logging.Logger
     ) -> AsyncIterator[EnrichmentClient]:
-        transport: httpx.AsyncBaseTransport | None = None
-        base_url, api_key = self.base_url, self.api_key
-        if not api_key:
-            logger.info(
-                "DATA_LEGION_API_KEY is not set: using the built-in sandbox provider "
-                "(synthetic profiles, no real people)"
-            )
-            transport = httpx.ASGITransport(app=create_app(SandboxConfig.from_env()))
-            base_url, api_key = _SANDBOX_BASE_URL, SANDBOX_LABEL
+        endpoint = self.endpoint(logger)
+        profile = field_profile(self.field_profile)
         http = build_http_client(
-            base_url=base_url,
-            api_key=api_key,
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
             stats=stats,
-            transport=transport,
+            transport=endpoint.transport,
             timeout_s=self.request_timeout_s,
             max_attempts=self.max_attempts,
-            # Every run on this machine using this key paces from one shared budget. The
-            # in-process sandbox is private to its run, so it keeps its own.
-            shared_state_dir=default_state_dir() if transport is None else None,
+            shared_state_dir=endpoint.shared_state_dir,
         )
         async with http:
             yield EnrichmentClient(
                 http,
                 stats=stats,
-                include_fields={"person": self.person_fields, "company": self.company_fields},
+                include_fields={
+                    "person": profile.person_include_fields,
+                    "company": profile.company_include_fields,
+                },
                 use_bulk=self.use_bulk,
                 bulk_size=self.bulk_size,
                 max_concurrency=self.max_concurrency,
@@ -122,22 +137,59 @@ class EnrichmentResource(ConfigurableResource):
             )
 
 
-class PipelineSettings(ConfigurableResource):
-    """Freshness windows, chunking, the merge policy's confidence bar, what is exported where."""
+class DataLegionResource(EnrichmentResource, DataLegionSettings):
+    """The real enrichment API at ``base_url``, with the key from the environment."""
 
-    person_ttl_days: int = 30
-    company_ttl_days: int = 90
-    no_match_retry_days: int = 14
-    chunk_size: int = 200
-    field_profile: str = DEFAULT_PROFILE
-    min_match_confidence: str = Confidence.MODERATE.value
-    crm_destinations: list[str] = Field(default_factory=lambda: ["file"])
+    api_key: str = Field(
+        description=f"{env_name(SecretSettings, 'data_legion_api_key')}, read through EnvVar "
+        "when a run starts"
+    )
+
+    @property
+    def provider(self) -> str:
+        return self.base_url
+
+    def endpoint(self, logger: logging.Logger) -> ProviderEndpoint:
+        # Every run on this machine using this key paces from one shared budget.
+        return ProviderEndpoint(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            transport=None,
+            shared_state_dir=Path(self.limiter_dir).expanduser(),
+        )
+
+
+class SandboxEnrichmentResource(EnrichmentResource, SandboxConfig):
+    """The built-in sandbox provider, in process: synthetic profiles, no real people, the same
+    wire format and rate limiting as the real API. Used when no API key is set."""
+
+    @property
+    def provider(self) -> str:
+        return SANDBOX_LABEL
+
+    def endpoint(self, logger: logging.Logger) -> ProviderEndpoint:
+        logger.info(
+            f"{env_name(SecretSettings, 'data_legion_api_key')} is not set: using the built-in "
+            "sandbox provider (synthetic profiles, no real people)"
+        )
+        sandbox = SandboxConfig(
+            **{name: getattr(self, name) for name in SandboxConfig.model_fields}
+        )
+        return ProviderEndpoint(
+            base_url=_SANDBOX_BASE_URL,
+            api_key=sandbox.accepted_api_key or SANDBOX_LABEL,
+            transport=httpx.ASGITransport(app=create_app(sandbox)),
+            # The in-process sandbox is private to its run, so it keeps its own budget.
+            shared_state_dir=None,
+        )
+
+
+class PipelineResource(SettingsResource, PipelineSettings, FieldProfileSettings):
+    """Freshness windows, chunking, the merge policy's confidence bar, what is exported where."""
 
     @property
     def merge_policy(self) -> MergePolicy:
-        return MergePolicy(
-            rules=DEFAULT_RULES, min_confidence=Confidence(self.min_match_confidence)
-        )
+        return MergePolicy(rules=DEFAULT_RULES, min_confidence=self.min_match_confidence)
 
     @property
     def export_columns(self) -> tuple[str, ...]:

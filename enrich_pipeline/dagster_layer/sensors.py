@@ -3,6 +3,7 @@ over exactly the days its rows were received on. The cursor is the highest inges
 handed to a run, so no row is requested twice and none is skipped."""
 
 from dagster import (
+    DailyPartitionsDefinition,
     DefaultSensorStatus,
     SensorDefinition,
     SensorEvaluationContext,
@@ -11,13 +12,11 @@ from dagster import (
     sensor,
 )
 
-from enrich_pipeline.dagster_layer.jobs import (
-    enrich_contacts_job,
-    range_run_request,
-    split_by_partitions,
-)
+from enrich_pipeline.dagster_layer.jobs import enrich_contacts_job, range_run_request
+from enrich_pipeline.dagster_layer.partitions import split_by_partitions
 from enrich_pipeline.dagster_layer.resources import WarehouseResource
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.settings import AutomationSettings
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
 from enrich_pipeline.warehouse.connection import WarehouseBusy
 
@@ -26,6 +25,8 @@ SENSOR_NAME = "new_contacts_sensor"
 # A tick must end well inside Dagster's 60 s sensor timeout. Runs hold the lock only for short
 # writes, so a few seconds usually gets in; if not, the next tick looks again.
 SENSOR_LOCK_WAIT_S = 5.0
+
+_PARTITION_START = env_name(AutomationSettings, "partition_start")
 
 
 def _ingest_id(cursor: str | None) -> int:
@@ -40,7 +41,9 @@ def _ingest_id(cursor: str | None) -> int:
         ) from None
 
 
-def build_new_contacts_sensor(settings: Settings) -> SensorDefinition:
+def build_new_contacts_sensor(
+    settings: AutomationSettings, partitions: DailyPartitionsDefinition
+) -> SensorDefinition:
     """The sensor, polling every ``settings.sensor_interval_s`` and taking at most
     ``settings.sensor_max_rows_per_tick`` rows per tick."""
     max_rows = settings.sensor_max_rows_per_tick
@@ -61,7 +64,7 @@ def build_new_contacts_sensor(settings: Settings) -> SensorDefinition:
     ) -> SensorResult | SkipReason:
         after = _ingest_id(context.cursor)
         if not warehouse.exists:
-            return SkipReason(f"no warehouse at {warehouse.path} yet: nothing has landed")
+            return SkipReason(f"no warehouse at {warehouse.warehouse_path} yet: nothing has landed")
         try:
             with warehouse.read(SENSOR_LOCK_WAIT_S) as con:
                 landed = rows_landed_after(con, after, max_rows)
@@ -71,12 +74,12 @@ def build_new_contacts_sensor(settings: Settings) -> SensorDefinition:
             return SkipReason(f"no rows landed after ingest id {after}")
 
         ids = f"{landed.first_ingest_id}-{landed.last_ingest_id}"
-        days, no_partition = split_by_partitions(landed.rows_by_day)
+        days, no_partition = split_by_partitions(landed.rows_by_day, partitions)
         if no_partition:
             context.log.warning(
                 f"{sum(landed.rows_by_day[d] for d in no_partition)} rows (ingest ids {ids}) "
                 f"were received on days with no partition: {', '.join(map(str, no_partition))} "
-                "(before ENRICH_PARTITION_START, or not come yet; stale_refresh_schedule "
+                f"(before {_PARTITION_START}, or not come yet; stale_refresh_schedule "
                 "picks up a future day once it has come)"
             )
         ranges = contiguous_ranges(days)

@@ -8,23 +8,28 @@ raised, so the caller keeps it for the next run; upserting by email makes re-sen
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Self
 
 import httpx
 
 from enrich_pipeline.provider.http import REDACTED, USER_AGENT
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.transports import TRANSIENT_ERRORS, Clock, RetryTransport, Sleep
+from enrich_pipeline.provider.transports import (
+    TRANSIENT_ERRORS,
+    Clock,
+    RetryTransport,
+    Sleep,
+    StatsTransport,
+)
+from enrich_pipeline.settings import SecretSettings
+from enrich_pipeline.settings_base import env_name
 
-HUBSPOT_DEFAULT_BASE_URL = "https://api.hubapi.com"
-TOKEN_SETTING = "HUBSPOT_ACCESS_TOKEN"
+TOKEN_SETTING = env_name(SecretSettings, "hubspot_access_token")
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
 MAX_BATCH_SIZE = 100
 RATE_WINDOW_S = 10.0
@@ -58,20 +63,11 @@ class UpsertOutcome:
     error: str | None
 
 
-def record_fingerprint(record: Mapping[str, str | None]) -> str:
-    """sha256 over exactly what would be sent, so an unchanged record is recognised as such."""
-    canonical = json.dumps(
-        sorted(_sendable_properties(record).items()), ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
 class SlidingWindowTransport(httpx.AsyncBaseTransport):
     """Lets at most ``limit`` requests start in any ``window_s`` seconds.
 
     HubSpot states its limit as a plain count per 10 s, so counting our own requests keeps us
-    under it without waiting for a 429 first. Place it inside ``RetryTransport`` so that retries
-    count too.
+    under it without waiting for a 429 first.
     """
 
     def __init__(
@@ -116,73 +112,103 @@ class SlidingWindowTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-async def upsert_contacts(
-    records: Sequence[Mapping[str, str | None]],
-    *,
-    token: str,
-    base_url: str = HUBSPOT_DEFAULT_BASE_URL,
-    transport: httpx.AsyncBaseTransport | None = None,
-    sleep: Sleep = asyncio.sleep,
-    clock: Clock = time.monotonic,
-    requests_per_10s: int = 100,
-    max_attempts: int = 5,
-) -> list[UpsertOutcome]:
-    """Create or update HubSpot contacts by email, at most 100 per call; outcomes in input order.
+class HubSpotClient:
+    """What a delivery upserts through, built once for all of its calls: one rate window, so
+    calls made back to back stay under HubSpot's limit together, and one ``stats``.
 
-    Each record maps HubSpot property names to values and must carry ``email``. Empty values are
-    not sent, so they never blank out what HubSpot already holds. 429, 5xx and network failures are
-    retried (bounded); once a batch has used up its attempts the remaining batches are not sent and
-    all those records come back failed. Raises ``HubSpotAuthError`` at the first 401/403 and
-    ``ValueError`` for a record without an email or two records sharing one.
+    Use it as ``async with HubSpotClient(...) as hubspot``. ``transport`` carries the requests
+    (a mock in tests); by default the network.
     """
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
-    inputs = _upsert_inputs(records)
-    if not inputs:
-        return []
-    stats = CallStats()
-    batches = [inputs[i : i + MAX_BATCH_SIZE] for i in range(0, len(inputs), MAX_BATCH_SIZE)]
-    outcomes: list[UpsertOutcome] = []
-    paced = SlidingWindowTransport(
-        transport or httpx.AsyncHTTPTransport(),
-        limit=requests_per_10s,
-        window_s=RATE_WINDOW_S,
-        stats=stats,
-        clock=clock,
-        sleep=sleep,
-    )
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        transport=RetryTransport(paced, stats=stats, max_attempts=max_attempts, sleep=sleep),
-        timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-        },
-    ) as client:
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        base_url: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        requests_per_10s: int = 100,
+        max_attempts: int = 5,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._token = token
+        self._max_attempts = max_attempts
+        self.stats = CallStats()
+        # The window inside the retries, so that retries count against HubSpot's limit too.
+        paced = SlidingWindowTransport(
+            transport or httpx.AsyncHTTPTransport(),
+            limit=requests_per_10s,
+            window_s=RATE_WINDOW_S,
+            stats=self.stats,
+            clock=clock,
+            sleep=sleep,
+        )
+        counted = StatsTransport(paced, stats=self.stats)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            transport=RetryTransport(
+                counted, max_attempts=max_attempts, sleep=sleep, on_retry=counted.count_retry
+            ),
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            },
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def upsert_contacts(
+        self, records: Sequence[Mapping[str, str | None]]
+    ) -> list[UpsertOutcome]:
+        """Create or update HubSpot contacts by email, at most 100 per call; outcomes in input
+        order.
+
+        Each record maps HubSpot property names to values and must carry ``email``. Empty values
+        are not sent, so they never blank out what HubSpot already holds. 429, 5xx and network
+        failures are retried (bounded); once a batch has used up its attempts the remaining
+        batches are not sent and all those records come back failed. Raises ``HubSpotAuthError``
+        at the first 401/403 and ``ValueError`` for a record without an email or two records
+        sharing one.
+        """
+        inputs = _upsert_inputs(records)
+        if not inputs:
+            return []
+        # The stats add up over every call through this client; the log speaks of this one.
+        before = replace(self.stats)
+        batches = [inputs[i : i + MAX_BATCH_SIZE] for i in range(0, len(inputs), MAX_BATCH_SIZE)]
+        outcomes: list[UpsertOutcome] = []
         for index, batch in enumerate(batches):
-            batch_outcomes, gave_up = await _send_batch(client, batch, token)
+            batch_outcomes, gave_up = await _send_batch(self._http, batch, self._token)
             outcomes.extend(batch_outcomes)
             if gave_up is not None:
                 # HubSpot still refused after every retry: more batches would only wait out the
                 # same failure. The records stay unsent and are picked up by the next run.
                 unsent = [item for later in batches[index + 1 :] for item in later]
-                reason = f"not sent: an earlier batch still failed after {max_attempts} attempts"
+                reason = (
+                    f"not sent: an earlier batch still failed after {self._max_attempts} attempts"
+                )
                 outcomes.extend(_failed(unsent, f"{reason} ({gave_up})"))
                 break
-    counts = Counter(outcome.status for outcome in outcomes)
-    logger.info(
-        "HubSpot upsert: %d created, %d updated, %d failed in %d requests "
-        "(%d rate-limited, %d paced waits)",
-        counts["created"],
-        counts["updated"],
-        counts["failed"],
-        stats.requests,
-        stats.rate_limited,
-        stats.throttle_waits,
-    )
-    return outcomes
+        counts = Counter(outcome.status for outcome in outcomes)
+        logger.info(
+            "HubSpot upsert: %d created, %d updated, %d failed in %d requests "
+            "(%d rate-limited, %d paced waits)",
+            counts["created"],
+            counts["updated"],
+            counts["failed"],
+            self.stats.requests - before.requests,
+            self.stats.rate_limited - before.rate_limited,
+            self.stats.throttle_waits - before.throttle_waits,
+        )
+        return outcomes
 
 
 def _sendable_properties(record: Mapping[str, str | None]) -> dict[str, str]:

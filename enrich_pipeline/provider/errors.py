@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-API_KEY_SETTING = "DATA_LEGION_API_KEY"
+from enrich_pipeline.settings import SecretSettings
+from enrich_pipeline.settings_base import env_name
+
+API_KEY_SETTING = env_name(SecretSettings, "data_legion_api_key")
 
 
 class ProviderError(Exception):

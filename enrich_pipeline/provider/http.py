@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -13,15 +12,10 @@ import httpx
 from enrich_pipeline.provider.models import CallStats
 from enrich_pipeline.provider.pacing import Clock, Pacer, Sleep
 from enrich_pipeline.provider.shared_limit import DEFAULT_IN_FLIGHT_TTL_S, SharedStateStore
-from enrich_pipeline.provider.transports import RetryTransport, ThrottleTransport
+from enrich_pipeline.provider.transports import RetryTransport, StatsTransport, ThrottleTransport
 
 USER_AGENT = "enrich-pipeline/0.1"
 API_KEY_HEADER = "API-Key"
-# Headers whose values are credentials. httpx's own repr hides only Authorization, so anything
-# of ours that describes a request goes through redact_headers().
-SENSITIVE_HEADERS = frozenset(
-    {API_KEY_HEADER.lower(), "authorization", "proxy-authorization", "cookie", "set-cookie"}
-)
 REDACTED = "[redacted]"
 
 
@@ -47,13 +41,14 @@ def build_http_client(
     clock: Clock = time.time,
     shared_state_dir: str | os.PathLike[str] | None = None,
 ) -> ProviderHttpClient:
-    """An ``httpx.AsyncClient`` with the key set, rate-limit pacing and bounded retries.
+    """An ``httpx.AsyncClient`` with the key set, rate-limit pacing and bounded retries, every
+    attempt counted in ``stats``.
 
     ``transport`` is what carries the requests (the sandbox's ``httpx.ASGITransport``, a mock);
     by default the network, with a connection pool of ``max_connections``.
 
     ``shared_state_dir`` makes every process using this key on this machine share one
-    rate-limit budget through a file there (``shared_limit.default_state_dir()`` is the usual
+    rate-limit budget through a file there (the ``ENRICH_LIMITER_DIR`` setting names the usual
     place); ``None`` keeps the pacing state in this process.
     """
     inner = transport or httpx.AsyncHTTPTransport(
@@ -73,8 +68,9 @@ def build_http_client(
         )
     )
     throttled = ThrottleTransport(inner, stats=stats, clock=clock, sleep=sleep, store=store)
+    counted = StatsTransport(throttled, stats=stats)
     retrying = RetryTransport(
-        throttled, stats=stats, max_attempts=max_attempts, sleep=sleep, clock=clock
+        counted, max_attempts=max_attempts, sleep=sleep, clock=clock, on_retry=counted.count_retry
     )
     return ProviderHttpClient(
         pacer=throttled.pacer,
@@ -87,11 +83,3 @@ def build_http_client(
             "Accept": "application/json",
         },
     )
-
-
-def redact_headers(headers: httpx.Headers | Mapping[str, str]) -> dict[str, str]:
-    """Headers safe to log or show: credential values replaced by ``[redacted]``."""
-    return {
-        name: REDACTED if name.lower() in SENSITIVE_HEADERS else value
-        for name, value in httpx.Headers(headers).items()
-    }

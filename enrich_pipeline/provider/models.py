@@ -8,6 +8,22 @@ from typing import Any, Literal
 
 Kind = Literal["person", "company"]
 
+# The person fields the pipeline can ask the provider for and keeps (person_enrichment's
+# profile columns), grouped by what they tell; field profiles ask for some of the groups.
+PERSON_NAME_FIELDS = ("full_name", "first_name", "last_name")
+PERSON_ROLE_FIELDS = ("job_title", "seniority_level", "job_function")
+PERSON_EMPLOYER_FIELDS = ("company_name", "company_domain", "company_industry", "company_size")
+PERSON_LOCATION_FIELDS = ("city", "state", "country")
+PERSON_CONTACT_FIELDS = ("linkedin_url", "work_email", "mobile_phone")
+PERSON_FIELDS = (
+    "legion_id",
+    *PERSON_NAME_FIELDS,
+    *PERSON_ROLE_FIELDS,
+    *PERSON_EMPLOYER_FIELDS,
+    *PERSON_LOCATION_FIELDS,
+    *PERSON_CONTACT_FIELDS,
+)
+
 PERSON_IDENTIFIER_FIELDS = (
     "email",
     "phone",

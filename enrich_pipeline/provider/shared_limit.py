@@ -23,16 +23,9 @@ from pathlib import Path
 
 from enrich_pipeline.provider.pacing import PacingState
 
-STATE_DIR_ENV = "ENRICH_LIMITER_DIR"
-DEFAULT_STATE_DIR = Path("~/.cache/enrich_pipeline/ratelimit")
 # Longer than any one attempt can take (the default request timeout is 30 s).
 DEFAULT_IN_FLIGHT_TTL_S = 120.0
 _MAX_STATE_BYTES = 1 << 20
-
-
-def default_state_dir() -> Path:
-    """``$ENRICH_LIMITER_DIR``, else ``~/.cache/enrich_pipeline/ratelimit``."""
-    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR).expanduser()
 
 
 def state_key(base_url: str, api_key: str) -> str:
@@ -49,10 +42,10 @@ class SharedStateStore:
         *,
         base_url: str,
         api_key: str,
-        directory: str | os.PathLike[str] | None = None,
+        directory: str | os.PathLike[str],
         in_flight_ttl_s: float = DEFAULT_IN_FLIGHT_TTL_S,
     ) -> None:
-        root = Path(directory).expanduser() if directory is not None else default_state_dir()
+        root = Path(directory).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / f"{state_key(base_url, api_key)}.json"
         # Unique per store, so two clients in one process count their requests apart.

@@ -1,9 +1,9 @@
-"""Rate-limit pacing and retries as httpx transports.
+"""Rate-limit pacing, call statistics and retries as httpx transports.
 
 Being transports, they wrap whatever actually carries the request: the real network, the
 in-process sandbox (``httpx.ASGITransport``) or a respx mock. Compose them as
-``RetryTransport(ThrottleTransport(inner))`` so that every attempt, retries included, passes the
-throttle.
+``RetryTransport(StatsTransport(ThrottleTransport(inner)))`` so that every attempt, retries
+included, is counted and passes the throttle.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import httpx
 from tenacity import (
@@ -107,27 +108,56 @@ class ThrottleTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class StatsTransport(httpx.AsyncBaseTransport):
+    """Counts every request that passes, and what came back: statuses, 429s and credits."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, stats: CallStats) -> None:
+        self._inner = inner
+        self._stats = stats
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # Counted before it is sent: a request that fails on the way still cost an attempt.
+        self._stats.requests += 1
+        response = await self._inner.handle_async_request(request)
+        self._stats.record_response(response.status_code)
+        if response.status_code == 429:
+            self._stats.rate_limited += 1
+        if (used := header_int(response.headers, "Credits-Used")) is not None:
+            self._stats.credits_used += used
+        if (left := header_int(response.headers, "Credits-Remaining")) is not None:
+            self._stats.credits_remaining = left
+        return response
+
+    def count_retry(self) -> None:
+        """Pass as ``RetryTransport``'s ``on_retry``: from here a retry looks like any request."""
+        self._stats.retries += 1
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class RetryTransport(httpx.AsyncBaseTransport):
     """Retries 429, 5xx and transient network failures with full-jitter backoff, bounded.
 
     After the last attempt the last response is returned (or its exception re-raised), so the
-    caller still sees the provider's status and Request-ID. Also counts calls and credits.
+    caller still sees the provider's status and Request-ID. ``on_retry`` is called before each
+    retry (``StatsTransport.count_retry`` counts them).
     """
 
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
         *,
-        stats: CallStats,
         max_attempts: int = 5,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.time,
         jitter: Jitter = random.uniform,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._inner = inner
-        self._stats = stats
+        self._on_retry = on_retry
         self._max_attempts = max_attempts
         self._backoff = wait_random_exponential(multiplier=backoff_base_s, max=backoff_max_s)
         self._sleep = sleep
@@ -141,7 +171,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
         # rest of the client's work on a call: make the first attempt before building one.
         first: httpx.Response | Exception
         try:
-            first = await self._attempt(request)
+            first = await self._inner.handle_async_request(request)
         except TRANSIENT_ERRORS as exc:
             first = exc
         else:
@@ -155,7 +185,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 if isinstance(outcome, Exception):
                     raise outcome
                 return outcome
-            return await self._attempt(request)
+            return await self._inner.handle_async_request(request)
 
         # A fresh AsyncRetrying per request: its iteration state is not safe to share between
         # concurrent tasks.
@@ -170,18 +200,6 @@ class RetryTransport(httpx.AsyncBaseTransport):
         response: httpx.Response = await retrying(attempt, request)
         return response
 
-    async def _attempt(self, request: httpx.Request) -> httpx.Response:
-        self._stats.requests += 1
-        response = await self._inner.handle_async_request(request)
-        self._stats.record_response(response.status_code)
-        if response.status_code == 429:
-            self._stats.rate_limited += 1
-        if (used := header_int(response.headers, "Credits-Used")) is not None:
-            self._stats.credits_used += used
-        if (left := header_int(response.headers, "Credits-Remaining")) is not None:
-            self._stats.credits_remaining = left
-        return response
-
     def _wait_s(self, state: RetryCallState) -> float:
         outcome = state.outcome
         if outcome is not None and not outcome.failed:
@@ -192,7 +210,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
         return self._backoff(state)
 
     async def _before_sleep(self, state: RetryCallState) -> None:
-        self._stats.retries += 1
+        if self._on_retry is not None:
+            self._on_retry()
         outcome = state.outcome
         if outcome is None:
             return

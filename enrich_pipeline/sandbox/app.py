@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from enrich_pipeline.merge_policy import Confidence
+from enrich_pipeline.provider.models import Kind
 from enrich_pipeline.sandbox.config import SandboxConfig
 from enrich_pipeline.sandbox.profiles import (
     COMPANY_INPUT_FIELDS,
-    CONFIDENCE_RANK,
     PERSON_INPUT_FIELDS,
     build_company,
     build_person,
@@ -36,8 +37,6 @@ from enrich_pipeline.sandbox.profiles import (
     shape_record,
 )
 from enrich_pipeline.sandbox.ratelimit import Decision, make_limiter
-
-Kind = Literal["person", "company"]
 
 MAX_BULK_ITEMS = 100
 MAX_EVENTS = 200_000
@@ -61,6 +60,7 @@ _NO_IDENTIFIER: dict[Kind, str] = {
     "company": "No usable identifier: send one of domain, name, linkedin_id, social_url, "
     "ticker_symbol or legion_id.",
 }
+_CONFIDENCES = frozenset(confidence.value for confidence in Confidence)
 _NOT_FOUND = {
     "error": "not_found",
     "message": "No records were found matching your search criteria.",
@@ -135,7 +135,7 @@ def _check_options(options: Mapping[str, Any]) -> None:
         if value is not None and not isinstance(value, str):
             raise _invalid(name, "must be a comma-separated string")
     confidence = options.get("min_confidence")
-    if confidence is not None and confidence not in CONFIDENCE_RANK:
+    if confidence is not None and confidence not in _CONFIDENCES:
         raise _invalid("min_confidence", "must be one of high, moderate, low")
     for name in ("multiple_results", "titlecase"):
         if options.get(name) is not None and not isinstance(options[name], bool):
@@ -213,7 +213,7 @@ class _Sandbox:
         if correlation_id := request.headers.get("correlation-id"):
             headers["Correlation-ID"] = correlation_id
         api_key = request.headers.get("api-key", "")
-        expected = self.config.api_key
+        expected = self.config.accepted_api_key
         if not api_key or (
             expected is not None and not hmac.compare_digest(api_key.encode(), expected.encode())
         ):
@@ -270,10 +270,8 @@ class _Sandbox:
         self.stats.items_enriched += 1
         # The bulk no-match form is fixed per identifier, so both forms show up across items.
         not_found = bool(key.digest[8] & 1)
-        min_confidence = query.get("min_confidence") or "low"
-        if not key.matches(self.config.match_rate) or (
-            CONFIDENCE_RANK[key.confidence] < CONFIDENCE_RANK[min_confidence]
-        ):
+        min_confidence = Confidence(query.get("min_confidence") or Confidence.LOW)
+        if not key.matches(self.config.match_rate) or key.confidence.rank < min_confidence.rank:
             return None, not_found
         record = (build_person if kind == "person" else build_company)(key, query)
         shaped = shape_record(

@@ -1,198 +1,115 @@
-"""How the sandbox provider behaves: match rate, latency, rate limit, credits, injected faults."""
+"""How the sandbox provider behaves: match rate, latency, rate limit, credits, injected faults.
+
+``SandboxConfig`` is one settings group (read from ``ENRICH_SANDBOX_*`` with the pipeline's
+other settings) and, through the sandbox enrichment resource, Dagster resource configuration.
+"""
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal
+
+from pydantic import BaseModel, field_validator
+
+from enrich_pipeline.settings_base import SETTING_GROUP_CONFIG, setting, unlimited_as_none
 
 LimitAlgorithm = Literal["token_bucket", "fixed_window"]
 HeaderStyle = Literal["draft", "ietf"]
 BulkCost = Literal["request", "item"]
 
 
-@dataclass(frozen=True)
-class SandboxConfig:
-    match_rate: float = 0.85
-    latency_ms: float = 20.0
-    rate_limit_per_min: int | None = 600
-    # The limit above applies per window of this many seconds (a minute unless shortened, e.g.
-    # so a test can cross several windows quickly).
-    rate_window_s: float = 60.0
-    limit_algorithm: LimitAlgorithm = "fixed_window"
-    header_style: HeaderStyle = "draft"
-    bulk_cost: BulkCost = "request"
-    api_key: str | None = None
-    credits: int | None = None
-    error_rate: float = 0.0
-    slow_rate: float = 0.0
-    slow_ms: float = 2000.0
-    seed: int = 0
+class SandboxConfig(BaseModel):
+    model_config = SETTING_GROUP_CONFIG
 
-    def __post_init__(self) -> None:
-        for name in ("match_rate", "error_rate", "slow_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "slow_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if self.rate_limit_per_min is not None and self.rate_limit_per_min < 1:
-            raise ValueError("rate_limit_per_min must be at least 1, or None for unlimited")
-        if not 0 < self.rate_window_s < math.inf:
-            raise ValueError("rate_window_s must be a positive number of seconds")
-        if self.credits is not None and self.credits < 0:
-            raise ValueError("credits must not be negative")
-        _check_choice("limit_algorithm", self.limit_algorithm, LimitAlgorithm)
-        _check_choice("header_style", self.header_style, HeaderStyle)
-        _check_choice("bulk_cost", self.bulk_cost, BulkCost)
+    match_rate: float = setting(
+        "ENRICH_SANDBOX_MATCH_RATE",
+        0.85,
+        "fraction of identifiers that match (deterministic per identifier)",
+        ge=0,
+        le=1,
+    )
+    latency_ms: float = setting(
+        "ENRICH_SANDBOX_LATENCY_MS", 20.0, "milliseconds added to every enrich answer", ge=0
+    )
+    rate_limit_per_min: int | None = setting(
+        "ENRICH_SANDBOX_RATE_LIMIT",
+        600,
+        "requests per window; 0 or none means unlimited (no rate-limit headers)",
+        ge=1,
+    )
+    # A minute unless shortened, e.g. so a test can cross several windows quickly.
+    rate_window_s: float = setting(
+        "ENRICH_SANDBOX_RATE_WINDOW_S",
+        60.0,
+        "seconds in a rate-limit window: ENRICH_SANDBOX_RATE_LIMIT requests per window",
+        gt=0,
+    )
+    limit_algorithm: LimitAlgorithm = setting(
+        "ENRICH_SANDBOX_LIMIT_ALGORITHM",
+        "fixed_window",
+        "fixed_window (windows of ENRICH_SANDBOX_RATE_WINDOW_S) or token_bucket",
+    )
+    header_style: HeaderStyle = setting(
+        "ENRICH_SANDBOX_HEADER_STYLE",
+        "draft",
+        "draft (RateLimit-Limit/Remaining/Reset, reset as Unix time) or ietf (structured, t in "
+        "seconds)",
+    )
+    bulk_cost: BulkCost = setting(
+        "ENRICH_SANDBOX_BULK_COST",
+        "request",
+        "a bulk call counts as one request or as one per item against the limit",
+    )
+    accepted_api_key: str | None = setting(
+        "ENRICH_SANDBOX_API_KEY",
+        None,
+        "the only API key the sandbox accepts; unset accepts any non-empty key",
+    )
+    credits: int | None = setting(
+        "ENRICH_SANDBOX_CREDITS",
+        None,
+        "credits on the contract, one per match; 402 once exhausted (unset: unlimited)",
+        ge=0,
+    )
+    error_rate: float = setting(
+        "ENRICH_SANDBOX_ERROR_RATE",
+        0.0,
+        "fraction of enrich requests answered 500/502/503",
+        ge=0,
+        le=1,
+    )
+    slow_rate: float = setting(
+        "ENRICH_SANDBOX_SLOW_RATE",
+        0.0,
+        "fraction of enrich requests delayed by ENRICH_SANDBOX_SLOW_MS",
+        ge=0,
+        le=1,
+    )
+    slow_ms: float = setting(
+        "ENRICH_SANDBOX_SLOW_MS", 2000.0, "extra milliseconds for a slow request", ge=0
+    )
+    seed: int = setting("ENRICH_SANDBOX_SEED", 0, "seed for the fault and slowness draws")
 
+    @field_validator("rate_limit_per_min", mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SandboxConfig:
-        """Build a config from ``ENRICH_SANDBOX_*`` variables; unset ones keep their default."""
-        values: dict[str, Any] = {}
-        for var in ENV_VARS:
-            raw = environ.get(var.name)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                value = var.parse(raw.strip())
-                # Range checks live in __post_init__; run them per variable to name the culprit.
-                cls(**{var.field: value})
-            except ValueError as exc:
-                raise ValueError(f"{var.name}={raw!r} is not valid: {exc}") from None
-            values[var.field] = value
-        return cls(**values)
+    def _sandbox_rate_limit_may_be_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "0":
+            return None
+        return unlimited_as_none(value)
 
+    @field_validator("credits", mode="before")
+    @classmethod
+    def _sandbox_credits_may_be_unlimited(cls, value: Any) -> Any:
+        return unlimited_as_none(value)
 
-def _check_choice(name: str, value: str, choices: Any) -> None:
-    allowed = get_args(choices)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}")
-
-
-def _choice(choices: Any) -> Callable[[str], str]:
-    allowed = get_args(choices)
-
-    def parse(raw: str) -> str:
-        value = raw.lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
+    @field_validator("rate_window_s")
+    @classmethod
+    def _sandbox_window_is_finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
         return value
 
-    return parse
-
-
-def _rate_limit(raw: str) -> int | None:
-    if raw.lower() in ("0", "none"):
-        return None
-    value = int(raw)
-    if value < 0:
-        raise ValueError("expected a positive integer, 0 or none")
-    return value
-
-
-class EnvVar(NamedTuple):
-    name: str
-    field: str
-    default: str
-    meaning: str
-    parse: Callable[[str], Any]
-
-
-# The README table of sandbox settings is generated from (and checked against) this tuple.
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar(
-        "ENRICH_SANDBOX_MATCH_RATE",
-        "match_rate",
-        "0.85",
-        "Fraction of identifiers that match (deterministic per identifier).",
-        float,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_LATENCY_MS",
-        "latency_ms",
-        "20",
-        "Milliseconds added to every enrich answer.",
-        float,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_RATE_LIMIT",
-        "rate_limit_per_min",
-        "600",
-        "Requests per minute; `0` or `none` means unlimited (no rate-limit headers).",
-        _rate_limit,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_RATE_WINDOW_S",
-        "rate_window_s",
-        "60",
-        "Seconds in a rate-limit window: `ENRICH_SANDBOX_RATE_LIMIT` requests per window.",
-        float,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_LIMIT_ALGORITHM",
-        "limit_algorithm",
-        "fixed_window",
-        "`fixed_window` (minute windows) or `token_bucket` (refills limit/60 per second).",
-        _choice(LimitAlgorithm),
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_HEADER_STYLE",
-        "header_style",
-        "draft",
-        "`draft` (`RateLimit-Limit/Remaining/Reset`, reset as Unix time) or `ietf` "
-        "(structured `RateLimit`, `t` in delta seconds).",
-        _choice(HeaderStyle),
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_BULK_COST",
-        "bulk_cost",
-        "request",
-        "A bulk call counts as one `request` or as one per `item` against the limit.",
-        _choice(BulkCost),
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_API_KEY",
-        "api_key",
-        "(any non-empty key)",
-        "The only API key accepted; unset accepts any non-empty key.",
-        str,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_CREDITS",
-        "credits",
-        "(unlimited)",
-        "Credits on the contract, one per matched record; 402 once exhausted.",
-        int,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_ERROR_RATE",
-        "error_rate",
-        "0",
-        "Fraction of enrich requests answered with a 500/502/503.",
-        float,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_SLOW_RATE",
-        "slow_rate",
-        "0",
-        "Fraction of enrich requests delayed by `ENRICH_SANDBOX_SLOW_MS`.",
-        float,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_SLOW_MS",
-        "slow_ms",
-        "2000",
-        "Extra milliseconds for a slow request.",
-        float,
-    ),
-    EnvVar(
-        "ENRICH_SANDBOX_SEED",
-        "seed",
-        "0",
-        "Seed for the fault and slowness draws.",
-        int,
-    ),
-)
+    @field_validator("limit_algorithm", "header_style", "bulk_cost", mode="before")
+    @classmethod
+    def _sandbox_choices_in_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value

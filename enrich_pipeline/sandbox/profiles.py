@@ -15,10 +15,10 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
-Confidence = Literal["high", "moderate", "low"]
-CONFIDENCE_RANK: dict[str, int] = {"low": 0, "moderate": 1, "high": 2}
+from enrich_pipeline.merge_policy import Confidence
+from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
 
 PERSON_PRIMARY_FIELDS = ("email", "phone", "social_url", "linkedin_id", "legion_id", "email_hash")
 PERSON_NAME_CONTEXT_FIELDS = (
@@ -47,25 +47,6 @@ COMPANY_INPUT_FIELDS = (
     "ticker_symbol",
     "industry",
     "legion_id",
-)
-
-FREE_MAIL_DOMAINS = frozenset(
-    {
-        "gmail.com",
-        "yahoo.com",
-        "hotmail.com",
-        "outlook.com",
-        "icloud.com",
-        "aol.com",
-        "proton.me",
-        "protonmail.com",
-        "gmx.com",
-        "mail.com",
-        "yandex.com",
-        "live.com",
-        "msn.com",
-        "me.com",
-    }
 )
 
 FIRST_NAMES = (
@@ -246,7 +227,7 @@ class MatchKey:
         return {
             "matched_on": list(self.matched_on),
             "match_type": "exact",
-            "match_confidence": self.confidence,
+            "match_confidence": self.confidence.value,
         }
 
     def rng(self) -> random.Random:
@@ -278,7 +259,7 @@ def person_key(identifiers: Mapping[str, Any]) -> MatchKey | None:
     for name in PERSON_PRIMARY_FIELDS:
         value = _PRIMARY_NORMALISERS[name](_text(identifiers, name))
         if value:
-            return _key((name,), f"{name}:{value}", "high")
+            return _key((name,), f"{name}:{value}", Confidence.HIGH)
     full_name = normalise_text(_text(identifiers, "full_name"))
     name_fields: tuple[str, ...] = ("full_name",)
     if not full_name:
@@ -296,7 +277,7 @@ def person_key(identifiers: Mapping[str, Any]) -> MatchKey | None:
     if not context:
         return None
     seed = "name:" + full_name + "".join(f"|{field}:{value}" for field, value in context)
-    return _key(name_fields + tuple(field for field, _ in context), seed, "moderate")
+    return _key(name_fields + tuple(field for field, _ in context), seed, Confidence.MODERATE)
 
 
 def company_key(identifiers: Mapping[str, Any]) -> MatchKey | None:
@@ -304,14 +285,14 @@ def company_key(identifiers: Mapping[str, Any]) -> MatchKey | None:
     identifiers seed a generated company. None when nothing usable was given."""
     domain = normalise_domain(_text(identifiers, "domain"))
     if domain:
-        return _key(("domain",), f"domain:{domain}", "high")
+        return _key(("domain",), f"domain:{domain}", Confidence.HIGH)
     name = normalise_text(_text(identifiers, "name"))
     if name and (slug := _company_slug(name)):
-        return _key(("name",), f"domain:{slug}.com", "moderate")
+        return _key(("name",), f"domain:{slug}.com", Confidence.MODERATE)
     for field in ("linkedin_id", "social_url", "ticker_symbol", "legion_id"):
         normalise = normalise_url if field == "social_url" else normalise_text
         if value := normalise(_text(identifiers, field)):
-            return _key((field,), f"{field}:{value}", "high")
+            return _key((field,), f"{field}:{value}", Confidence.HIGH)
     return None
 
 
@@ -590,23 +571,6 @@ def build_company(key: MatchKey, identifiers: Mapping[str, Any]) -> dict[str, An
         "legion_new_hire_count": round(traits.employee_count * rng.uniform(0.02, 0.2)),
         "legion_attrition_count": round(traits.employee_count * rng.uniform(0.02, 0.15)),
     }
-
-
-def person_profile(identifiers: Mapping[str, Any], match_rate: float) -> dict[str, Any] | None:
-    """The person record for these identifiers, or None when they match nobody."""
-    key = person_key(identifiers)
-    if key is None or not key.matches(match_rate):
-        return None
-    return build_person(key, identifiers)
-
-
-def company_profile(domain: str, match_rate: float) -> dict[str, Any] | None:
-    """The company record for this domain, or None when it matches no company."""
-    identifiers = {"domain": domain}
-    key = company_key(identifiers)
-    if key is None or not key.matches(match_rate):
-        return None
-    return build_company(key, identifiers)
 
 
 def split_fields(value: str | None) -> list[str]:

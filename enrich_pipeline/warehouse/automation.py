@@ -12,8 +12,8 @@ from datetime import date, datetime, timedelta
 import duckdb
 
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
-from enrich_pipeline.warehouse.contacts import RULES_VERSION
-from enrich_pipeline.warehouse.enrichment import Freshness, stale_condition
+from enrich_pipeline.warehouse.contacts import unbuilt_days_sql
+from enrich_pipeline.warehouse.enrichment import COMPANY_DOMAIN_SQL, Freshness, stale_condition
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,11 @@ LEFT JOIN person_enrichment p USING (identity)
 WHERE {stale}
 """
 
-# Same rule as stale_companies: the matched person's company domain, else the lead's own,
-# never a free-mail domain; a company's staleness lands on every partition that references it.
+# Same rule as stale_companies (never a free-mail domain); a company's staleness lands on every
+# partition that references it.
 _STALE_COMPANIES = """
 WITH domains AS (
-    SELECT c.partition_date,
-           lower(coalesce(CASE WHEN p.status = 'matched' THEN p.company_domain END,
-                          c.company_domain)) AS domain
+    SELECT c.partition_date, {domain} AS domain
     FROM clean_contacts c
     LEFT JOIN person_enrichment p USING (identity)
 )
@@ -122,38 +120,24 @@ LEFT JOIN company_enrichment e USING (domain)
 WHERE d.domain IS NOT NULL AND NOT list_contains($free_mail, d.domain) AND {stale}
 """
 
-# Same test raw_contacts uses to decide which days to rebuild.
-_UNBUILT_DAYS = """
-SELECT list(landed.partition_date)
-FROM (
-    SELECT CAST(received_at AS DATE) AS partition_date,
-           count(*) AS landed_rows,
-           max(ingest_id) AS max_ingest_id
-    FROM raw_contacts
-    GROUP BY ALL
-) landed
-ANTI JOIN contact_builds b
-    ON b.partition_date = landed.partition_date
-    AND b.landed_rows = landed.landed_rows
-    AND b.max_ingest_id = landed.max_ingest_id
-    AND b.rules_version = $version
-"""
+# The days the clean_contacts rebuild would rebuild.
+_UNBUILT_DAYS = f"SELECT list(partition_date) FROM ({unbuilt_days_sql()})"
 
 
 def refresh_needs(
     con: duckdb.DuckDBPyConnection, now: datetime, freshness: Freshness
 ) -> RefreshNeeds:
     """Every day the enrichment job would do work on as of ``now`` (naive UTC)."""
-    person_stale = stale_condition("p", freshness.person_ttl_days, freshness.no_match_retry_days)
-    company_stale = stale_condition("e", freshness.company_ttl_days, freshness.no_match_retry_days)
     person_days, persons = con.execute(
-        _STALE_PERSONS.format(stale=person_stale), {"now": now}
+        _STALE_PERSONS.format(stale=stale_condition("p", freshness, "person")), {"now": now}
     ).fetchone()  # type: ignore[misc]
     company_days, companies = con.execute(
-        _STALE_COMPANIES.format(stale=company_stale),
+        _STALE_COMPANIES.format(
+            domain=COMPANY_DOMAIN_SQL, stale=stale_condition("e", freshness, "company")
+        ),
         {"now": now, "free_mail": sorted(FREE_MAIL_DOMAINS)},
     ).fetchone()  # type: ignore[misc]
-    (unbuilt_days,) = con.execute(_UNBUILT_DAYS, {"version": RULES_VERSION}).fetchone()  # type: ignore[misc]
+    (unbuilt_days,) = con.execute(_UNBUILT_DAYS).fetchone()  # type: ignore[misc]
     return RefreshNeeds(
         person_days=frozenset(person_days or ()),
         company_days=frozenset(company_days or ()),

@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, normalise_email, normalise_phone
+from enrich_pipeline.warehouse.connection import transaction
 
 # Bump when the validation or normalisation rules change, so every day is rebuilt once.
 RULES_VERSION = 1
@@ -30,23 +31,32 @@ class CleanReport:
     phones_dropped: int = 0
 
 
-_CHANGED_DAYS = """
-CREATE OR REPLACE TEMP TABLE changed_days AS
+def unbuilt_days_sql(where: str = "") -> str:
+    """Received days (``partition_date, landed_rows, max_ingest_id``) that ``clean_contacts``
+    does not reflect yet: raw_contacts is append-only, so a day whose row count and highest
+    ingest id are those it was last built from, under the current rules, needs no rebuild.
+    ``where`` narrows the landed rows looked at."""
+    return f"""
 SELECT landed.*
 FROM (
     SELECT CAST(received_at AS DATE) AS partition_date,
            count(*) AS landed_rows,
            max(ingest_id) AS max_ingest_id
     FROM raw_contacts
-    WHERE received_at >= $start AND received_at < $end
+    {where}
     GROUP BY ALL
 ) landed
 ANTI JOIN contact_builds b
     ON b.partition_date = landed.partition_date
     AND b.landed_rows = landed.landed_rows
     AND b.max_ingest_id = landed.max_ingest_id
-    AND b.rules_version = $version
+    AND b.rules_version = {RULES_VERSION}
 """
+
+
+_CHANGED_DAYS = "CREATE OR REPLACE TEMP TABLE changed_days AS " + unbuilt_days_sql(
+    "WHERE received_at >= $start AND received_at < $end"
+)
 
 
 def check_new_rows(con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime) -> int:
@@ -171,26 +181,33 @@ FROM window_rows
 WHERE bad_field IS NOT NULL
 """
 
-# Most recent non-empty value wins per field; ties broken by landing order.
-_CLEAN = """
+# Most recent non-empty value wins per field; ties broken by landing order. The source of
+# each clean_contacts column from phone to country, in column order:
+_LATEST_VALUES = ",\n    ".join(
+    f"arg_max({value}, (received_at, ingest_id)) FILTER (WHERE {value} IS NOT NULL)"
+    for value in (
+        "phone_e164",
+        "first_name",
+        "last_name",
+        "name_norm",
+        "company_name",
+        "company_domain",
+        "website",
+        "linkedin_norm",
+        "job_title",
+        "city",
+        "state",
+        "country",
+    )
+)
+_CLEAN = f"""
 INSERT INTO clean_contacts
 SELECT
     partition_date,
     identity,
     any_value(identity_type),
     any_value(email_norm),
-    arg_max(phone_e164, (received_at, ingest_id)) FILTER (WHERE phone_e164 IS NOT NULL),
-    arg_max(first_name, (received_at, ingest_id)) FILTER (WHERE first_name IS NOT NULL),
-    arg_max(last_name, (received_at, ingest_id)) FILTER (WHERE last_name IS NOT NULL),
-    arg_max(name_norm, (received_at, ingest_id)) FILTER (WHERE name_norm IS NOT NULL),
-    arg_max(company_name, (received_at, ingest_id)) FILTER (WHERE company_name IS NOT NULL),
-    arg_max(company_domain, (received_at, ingest_id)) FILTER (WHERE company_domain IS NOT NULL),
-    arg_max(website, (received_at, ingest_id)) FILTER (WHERE website IS NOT NULL),
-    arg_max(linkedin_norm, (received_at, ingest_id)) FILTER (WHERE linkedin_norm IS NOT NULL),
-    arg_max(job_title, (received_at, ingest_id)) FILTER (WHERE job_title IS NOT NULL),
-    arg_max(city, (received_at, ingest_id)) FILTER (WHERE city IS NOT NULL),
-    arg_max(state, (received_at, ingest_id)) FILTER (WHERE state IS NOT NULL),
-    arg_max(country, (received_at, ingest_id)) FILTER (WHERE country IS NOT NULL),
+    {_LATEST_VALUES},
     string_agg(DISTINCT source, ', ' ORDER BY source),
     count(*),
     min(received_at),
@@ -218,13 +235,12 @@ def rebuild_clean_contacts(
     """Validate, normalise and dedupe the window's changed days into ``clean_contacts``,
     quarantining unusable rows: delete-then-insert per day, in one transaction, so re-running
     is idempotent. The report describes the whole window."""
-    con.execute(_CHANGED_DAYS, {"start": start, "end": end, "version": RULES_VERSION})
+    con.execute(_CHANGED_DAYS, {"start": start, "end": end})
     days_rebuilt = con.execute("SELECT count(*) FROM changed_days").fetchone()[0]  # type: ignore[index]
     rows_checked = 0
     if days_rebuilt:
         rows_checked = check_new_rows(con, start, end, now)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(
                 _WINDOW_ROWS, {"start": start, "end": end, "free_mail": sorted(FREE_MAIL_DOMAINS)}
             )
@@ -241,10 +257,6 @@ def rebuild_clean_contacts(
                 "$version, $now FROM changed_days",
                 {"version": RULES_VERSION, "now": now},
             )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         con.execute("DROP TABLE window_rows")
     con.execute("DROP TABLE changed_days")
     return _window_report(con, start, end, rows_checked, days_rebuilt)

@@ -9,6 +9,9 @@ from datetime import date, datetime
 import duckdb
 
 from enrich_pipeline.merge_policy import DEFAULT_POLICY, MergePolicy, provenance_sql, value_sql
+from enrich_pipeline.provider.models import PERSON_FIELDS
+from enrich_pipeline.warehouse.connection import transaction
+from enrich_pipeline.warehouse.enrichment import COMPANY_DOMAIN_SQL
 
 
 @dataclass(frozen=True)
@@ -23,26 +26,16 @@ class MergeReport:
     removed: int
     from_enrichment_email: int
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.created or self.updated or self.removed)
 
-
-# The person profile columns the merge can read, as ``person_<column>`` in crm_leads.
+# The person profile columns the merge can read, as ``person_<column>`` in crm_leads: every
+# stored field that can fill a CRM field (not the provider's id, the full name, the size band,
+# nor the work email, which crm_email reads), and the match's confidence that gates them.
 _PERSON_COLUMNS = (
-    "first_name",
-    "last_name",
-    "job_title",
-    "seniority_level",
-    "job_function",
-    "company_name",
-    "company_domain",
-    "company_industry",
-    "city",
-    "state",
-    "country",
-    "linkedin_url",
-    "mobile_phone",
+    *(
+        column
+        for column in PERSON_FIELDS
+        if column not in {"legion_id", "full_name", "company_size", "work_email"}
+    ),
     "match_confidence",
 )
 _LEAD_COLUMNS = (
@@ -78,9 +71,7 @@ LEFT JOIN person_enrichment p USING (identity)
 LEFT JOIN (
     SELECT identity, max(detected_at) AS job_changed_at FROM job_changes GROUP BY identity
 ) jc USING (identity)
-LEFT JOIN company_enrichment co
-    ON co.domain = coalesce(CASE WHEN p.status = 'matched' THEN p.company_domain END,
-                            c.company_domain)
+LEFT JOIN company_enrichment co ON co.domain = {COMPANY_DOMAIN_SQL}
 """
 
 _WINDOW_EMAILS = """
@@ -207,8 +198,7 @@ def merge_crm_contacts(
                 GROUP BY ALL HAVING bool_and(email IS NULL)))
         """
     ).fetchone()  # type: ignore[misc]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         removed = con.execute(
             """
             DELETE FROM crm_contacts
@@ -221,10 +211,6 @@ def merge_crm_contacts(
         con.execute(
             f"INSERT INTO crm_contacts ({_CRM_COLUMNS}) SELECT {_CRM_COLUMNS} FROM crm_merged"
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     for table in ("crm_leads", "window_emails", "dirty_emails", "crm_merged"):
         con.execute(f"DROP TABLE {table}")
     return MergeReport(

@@ -18,6 +18,8 @@ from datetime import datetime
 import duckdb
 import pyarrow as pa
 
+from enrich_pipeline.warehouse.connection import transaction
+
 FILE = "file"
 HUBSPOT = "hubspot"
 
@@ -310,15 +312,10 @@ def record_full_export(
                'sent' AS status, NULL AS remote_id, NULL AS error
         FROM {_CANDIDATES}
     """
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(_MERGE.format(source=source), params)
         con.execute(
             "DELETE FROM crm_sync_state s WHERE s.destination = $destination "
             "AND NOT EXISTS (SELECT 1 FROM crm_contacts c WHERE c.email = s.email)",
             {"destination": spec.destination},
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

@@ -19,10 +19,13 @@ import pandas as pd
 
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, is_free_mail
 from enrich_pipeline.provider.models import (
+    PERSON_FIELDS,
     CompanyQuery,
     EnrichmentResult,
+    Kind,
     PersonQuery,
 )
+from enrich_pipeline.warehouse.connection import transaction
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class Freshness:
     person_ttl_days: int = 30
     company_ttl_days: int = 90
     no_match_retry_days: int = 14
+
+    def ttl_days(self, kind: Kind) -> int:
+        return self.person_ttl_days if kind == "person" else self.company_ttl_days
 
 
 Q = TypeVar("Q", PersonQuery, CompanyQuery)
@@ -47,15 +53,25 @@ class StaleSelection(Generic[Q]):
         return self.total - len(self.queries)
 
 
-def stale_condition(alias: str, ttl_days: int, no_match_days: int) -> str:
+def stale_condition(alias: str, freshness: Freshness, kind: Kind) -> str:
+    """Whether the ``kind`` record aliased ``alias`` is missing or past its TTL at ``$now``."""
     return f"""(
         {alias}.status IS NULL
         OR {alias}.status = 'error'
         OR ({alias}.status = 'matched'
-            AND {alias}.enriched_at < $now - to_days({int(ttl_days)}))
+            AND {alias}.enriched_at < $now - to_days({int(freshness.ttl_days(kind))}))
         OR ({alias}.status = 'no_match'
-            AND {alias}.enriched_at < $now - to_days({int(no_match_days)}))
+            AND {alias}.enriched_at < $now - to_days({int(freshness.no_match_retry_days)}))
     )"""
+
+
+# The domain a contact's company is enriched and merged under, over ``clean_contacts c`` and
+# its ``person_enrichment p``: the matched person's company domain, else the lead's own
+# (website or work email). Both are stored lower-case; lower() only guards against one that
+# is not.
+COMPANY_DOMAIN_SQL = (
+    "lower(coalesce(CASE WHEN p.status = 'matched' THEN p.company_domain END, c.company_domain))"
+)
 
 
 def stale_persons(
@@ -66,9 +82,7 @@ def stale_persons(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE stale_persons AS
-        SELECT identity, {
-            stale_condition("p", freshness.person_ttl_days, freshness.no_match_retry_days)
-        } AS stale
+        SELECT identity, {stale_condition("p", freshness, "person")} AS stale
         FROM (
             SELECT DISTINCT identity FROM clean_contacts
             WHERE partition_date >= $start AND partition_date < $end
@@ -128,16 +142,12 @@ def stale_companies(
     rows = con.execute(
         f"""
         WITH domains AS (
-            SELECT DISTINCT lower(coalesce(
-                CASE WHEN p.status = 'matched' THEN p.company_domain END,
-                c.company_domain)) AS domain
+            SELECT DISTINCT {COMPANY_DOMAIN_SQL} AS domain
             FROM clean_contacts c
             LEFT JOIN person_enrichment p USING (identity)
             WHERE c.partition_date >= $start AND c.partition_date < $end
         )
-        SELECT d.domain, {
-            stale_condition("e", freshness.company_ttl_days, freshness.no_match_retry_days)
-        } AS stale
+        SELECT d.domain, {stale_condition("e", freshness, "company")} AS stale
         FROM domains d
         LEFT JOIN company_enrichment e USING (domain)
         WHERE d.domain IS NOT NULL AND NOT list_contains($free_mail, d.domain)
@@ -147,27 +157,6 @@ def stale_companies(
     ).fetchall()
     queries = [CompanyQuery(key=domain, domain=domain) for domain, stale in rows if stale]
     return StaleSelection(queries=queries, total=len(rows))
-
-
-PERSON_FIELDS = (
-    "legion_id",
-    "full_name",
-    "first_name",
-    "last_name",
-    "job_title",
-    "company_name",
-    "company_domain",
-    "company_industry",
-    "company_size",
-    "seniority_level",
-    "job_function",
-    "city",
-    "state",
-    "country",
-    "linkedin_url",
-    "work_email",
-    "mobile_phone",
-)
 
 
 def _text(value: Any) -> str | None:
@@ -248,8 +237,7 @@ def _upsert(
     same transaction while both the old rows and the ``accepted`` new ones are visible; the
     rows it inserts are counted and returned."""
     changes = 0
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.register("incoming", frame)
         con.execute(
             f"""
@@ -265,10 +253,6 @@ def _upsert(
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM accepted")
         con.execute("DROP TABLE accepted")
         con.unregister("incoming")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return changes
 
 

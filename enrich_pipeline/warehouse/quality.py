@@ -10,6 +10,7 @@ from datetime import datetime
 
 import duckdb
 
+from enrich_pipeline.provider.models import Kind
 from enrich_pipeline.warehouse.enrichment import Freshness, stale_condition
 
 
@@ -97,9 +98,9 @@ class Staleness:
 
 
 def _staleness(
-    con: duckdb.DuckDBPyConnection, table: str, ttl_days: int, no_match_days: int, now: datetime
+    con: duckdb.DuckDBPyConnection, table: str, kind: Kind, now: datetime, freshness: Freshness
 ) -> Staleness:
-    stale = stale_condition("t", ttl_days, no_match_days)
+    stale = stale_condition("t", freshness, kind)
     rows = con.execute(
         f"SELECT status, count(*), count(*) FILTER (WHERE {stale}) FROM {table} t GROUP BY ALL",
         {"now": now},
@@ -116,25 +117,13 @@ def _staleness(
 def person_staleness(
     con: duckdb.DuckDBPyConnection, now: datetime, freshness: Freshness
 ) -> Staleness:
-    return _staleness(
-        con,
-        "person_enrichment",
-        freshness.person_ttl_days,
-        freshness.no_match_retry_days,
-        now,
-    )
+    return _staleness(con, "person_enrichment", "person", now, freshness)
 
 
 def company_staleness(
     con: duckdb.DuckDBPyConnection, now: datetime, freshness: Freshness
 ) -> Staleness:
-    return _staleness(
-        con,
-        "company_enrichment",
-        freshness.company_ttl_days,
-        freshness.no_match_retry_days,
-        now,
-    )
+    return _staleness(con, "company_enrichment", "company", now, freshness)
 
 
 @dataclass(frozen=True)

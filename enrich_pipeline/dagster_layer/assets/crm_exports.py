@@ -6,20 +6,20 @@ from typing import Any
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult
 
+from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.assets.enriched_companies import enriched_companies
 from enrich_pipeline.dagster_layer.destinations import (
     DestinationReport,
     FileDestination,
     HubSpotDestination,
 )
-from enrich_pipeline.dagster_layer.enrichment_pass import utc_now
 from enrich_pipeline.dagster_layer.metadata import duration_since, preview
 from enrich_pipeline.dagster_layer.partitions import (
     contact_asset,
     describe_window,
     partition_window,
 )
-from enrich_pipeline.dagster_layer.resources import PipelineSettings, WarehouseResource
+from enrich_pipeline.dagster_layer.resources import PipelineResource, WarehouseResource
 from enrich_pipeline.warehouse.crm import merge_crm_contacts
 
 
@@ -37,7 +37,7 @@ from enrich_pipeline.warehouse.crm import merge_crm_contacts
 def crm_exports(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
-    pipeline: PipelineSettings,
+    pipeline: PipelineResource,
     file_destination: FileDestination,
     hubspot_destination: HubSpotDestination,
 ) -> MaterializeResult:

@@ -4,11 +4,11 @@ work at (free-mail domains skipped), when missing or past its TTL."""
 from dagster import AssetExecutionContext, MaterializeResult
 
 from enrich_pipeline.dagster_layer.assets.enriched_persons import enriched_persons
-from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass
+from enrich_pipeline.dagster_layer.enrichment_asset import materialise_enrichment
 from enrich_pipeline.dagster_layer.partitions import ENRICHMENT_API_POOL, contact_asset
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
-    PipelineSettings,
+    PipelineResource,
     WarehouseResource,
 )
 from enrich_pipeline.warehouse.enrichment import stale_companies, store_companies
@@ -35,9 +35,9 @@ def enriched_companies(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
     enrichment: EnrichmentResource,
-    pipeline: PipelineSettings,
+    pipeline: PipelineResource,
 ) -> MaterializeResult:
-    return run_enrichment_pass(
+    return materialise_enrichment(
         context,
         kind="company",
         select=stale_companies,

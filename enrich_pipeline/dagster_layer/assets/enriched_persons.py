@@ -2,12 +2,12 @@
 
 from dagster import AssetExecutionContext, MaterializeResult
 
-from enrich_pipeline.dagster_layer.assets.raw_contacts import raw_contacts
-from enrich_pipeline.dagster_layer.enrichment_pass import run_enrichment_pass
+from enrich_pipeline.dagster_layer.assets.clean_contacts import clean_contacts
+from enrich_pipeline.dagster_layer.enrichment_asset import materialise_enrichment
 from enrich_pipeline.dagster_layer.partitions import ENRICHMENT_API_POOL, contact_asset
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
-    PipelineSettings,
+    PipelineResource,
     WarehouseResource,
 )
 from enrich_pipeline.warehouse.enrichment import stale_persons, store_persons
@@ -23,7 +23,7 @@ ORDER BY p.enriched_at DESC, p.identity LIMIT 10
 
 
 @contact_asset(
-    deps=[raw_contacts],
+    deps=[clean_contacts],
     kinds={"duckdb", "api"},
     pool=ENRICHMENT_API_POOL,
     description=(
@@ -36,9 +36,9 @@ def enriched_persons(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
     enrichment: EnrichmentResource,
-    pipeline: PipelineSettings,
+    pipeline: PipelineResource,
 ) -> MaterializeResult:
-    return run_enrichment_pass(
+    return materialise_enrichment(
         context,
         kind="person",
         select=stale_persons,

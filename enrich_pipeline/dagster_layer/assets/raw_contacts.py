@@ -1,61 +1,15 @@
-"""``raw_contacts``: the window's landed rows validated, normalised and deduplicated."""
+"""``raw_contacts``: where contacts land, upstream of everything else. Dagster does not
+materialise it: ``enrich-pipeline ingest`` appends to it, and ``new_contacts_sensor`` watches it."""
 
-import time
-from datetime import UTC, datetime
+from dagster import AssetSpec
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
-
-from enrich_pipeline.dagster_layer.metadata import duration_since, preview
-from enrich_pipeline.dagster_layer.partitions import (
-    contact_asset,
-    describe_window,
-    partition_window,
-)
-from enrich_pipeline.dagster_layer.resources import WarehouseResource
-from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
-
-
-@contact_asset(
+raw_contacts = AssetSpec(
+    "raw_contacts",
+    group_name="contact_enrichment",
     kinds={"duckdb"},
     description=(
-        "Contacts landed in the warehouse for the partition's received dates: emails trimmed "
-        "and lower-cased, phones in E.164, company domain from website or work email, one row "
-        "per identity (table clean_contacts). Unusable rows go to quarantine with a reason."
+        "Landed rows, append-only (table raw_contacts): the source's values as given, with "
+        "ingest_id, source and received_at. Written by `enrich-pipeline ingest`; rows that "
+        "cannot land go to the quarantine table with their reason."
     ),
 )
-def raw_contacts(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    started = time.monotonic()
-    start, end = partition_window(context)
-    now = datetime.now(UTC).replace(tzinfo=None)
-    with warehouse.connect() as con:
-        report = rebuild_clean_contacts(con, start, end, now)
-        sample = con.execute(
-            """
-            SELECT identity, identity_type, email, phone, first_name, last_name, company_name,
-                   company_domain, sources, row_count
-            FROM clean_contacts
-            WHERE partition_date >= ? AND partition_date < ?
-            ORDER BY last_received_at DESC LIMIT 10
-            """,
-            [start, end],
-        ).df()
-    context.log.info(
-        f"{describe_window(start, end)}: {report.rows_in} landed rows -> "
-        f"{report.clean_contacts} clean contacts, {report.duplicates_merged} duplicates merged, "
-        f"{report.quarantined} quarantined"
-    )
-    return MaterializeResult(
-        metadata={
-            "partition_window": describe_window(start, end),
-            "rows_in": report.rows_in,
-            "days_rebuilt": report.days_rebuilt,
-            "rows_checked_now": report.rows_checked,
-            "clean_contacts": report.clean_contacts,
-            "duplicates_merged": report.duplicates_merged,
-            "quarantined": report.quarantined,
-            "quarantine_reasons": MetadataValue.json(report.quarantine_reasons),
-            "unparseable_phones_dropped": report.phones_dropped,
-            "duration_s": duration_since(started),
-            "preview": preview(sample),
-        }
-    )

@@ -1,4 +1,4 @@
-"""What ``enriched_persons`` and ``enriched_companies`` share: run the look-ups for the stale
+"""The body ``enriched_persons`` and ``enriched_companies`` share: run the look-ups for the stale
 records, write results per chunk on a fresh short connection, and report the cost."""
 
 from __future__ import annotations
@@ -6,38 +6,38 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
 from dagster import AssetExecutionContext, Failure, MaterializeResult, get_dagster_logger
 
+from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.metadata import enrichment_metadata, preview
 from enrich_pipeline.dagster_layer.partitions import describe_window, partition_window
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
-    PipelineSettings,
+    PipelineResource,
     WarehouseResource,
 )
-from enrich_pipeline.enrichment_run import PassReport, enrich_in_chunks
+from enrich_pipeline.enrichment_pass import PassReport, run_enrichment_pass
 from enrich_pipeline.provider.errors import ProviderError
 from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind
+from enrich_pipeline.settings import ProviderClientSettings
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection
 
 # Writes one chunk; a store that keeps a history of changes (persons: job changes) returns how
 # many it recorded.
 Store = Callable[[duckdb.DuckDBPyConnection, list[EnrichmentResult], datetime], int | None]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 # Chooses the window's records that are missing or past their TTL.
 Select = Callable[[duckdb.DuckDBPyConnection, date, date, datetime, Freshness], StaleSelection[Any]]
 
+_CREDIT_BUDGET = env_name(ProviderClientSettings, "max_credits_per_run")
 
-def run_enrichment_pass(
+
+def materialise_enrichment(
     context: AssetExecutionContext,
     *,
     kind: Kind,
@@ -46,7 +46,7 @@ def run_enrichment_pass(
     preview_sql: str,
     enrichment: EnrichmentResource,
     warehouse: WarehouseResource,
-    pipeline: PipelineSettings,
+    pipeline: PipelineResource,
 ) -> MaterializeResult:
     """``preview_sql`` takes the window's start and end dates as its two parameters."""
     started = time.monotonic()
@@ -70,7 +70,7 @@ def run_enrichment_pass(
 
     async def run() -> None:
         async with enrichment.client(stats, get_dagster_logger()) as client:
-            await enrich_in_chunks(
+            await run_enrichment_pass(
                 client,
                 kind,
                 selection.queries,
@@ -102,7 +102,7 @@ def run_enrichment_pass(
         ) from exc
     if stats.budget_exhausted:
         context.log.warning(
-            f"{kind} enrichment stopped at the run's credit budget (ENRICH_MAX_CREDITS_PER_RUN): "
+            f"{kind} enrichment stopped at the run's credit budget ({_CREDIT_BUDGET}): "
             f"{stats.deferred} look-ups left for the next run"
         )
     with warehouse.connect() as con:

@@ -28,7 +28,7 @@ class PassReport:
             self.errors += 1
 
 
-async def enrich_in_chunks(
+async def run_enrichment_pass(
     client: EnrichmentClient,
     kind: Kind,
     queries: Sequence[Query],

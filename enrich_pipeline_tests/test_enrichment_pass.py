@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from enrich_pipeline.enrichment_run import PassReport, enrich_in_chunks
+from enrich_pipeline.enrichment_pass import PassReport, run_enrichment_pass
 from enrich_pipeline.provider.errors import CreditsExhausted, ProviderError
 from enrich_pipeline.provider.models import EnrichmentResult, Kind, Outcome, PersonQuery, Query
 from enrich_pipeline.warehouse.connection import connect
@@ -61,7 +61,7 @@ def run(
     raised: BaseException | None = None
     try:
         asyncio.run(
-            enrich_in_chunks(
+            run_enrichment_pass(
                 client,  # type: ignore[arg-type]
                 "person",
                 queries(count),
@@ -128,7 +128,7 @@ def test_results_before_the_error_reach_the_warehouse(tmp_path: Path) -> None:
     report = PassReport(requested=8)
     with pytest.raises(CreditsExhausted):
         asyncio.run(
-            enrich_in_chunks(
+            run_enrichment_pass(
                 client,  # type: ignore[arg-type]
                 "person",
                 queries(8),

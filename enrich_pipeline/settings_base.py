@@ -1,0 +1,33 @@
+"""How a setting is declared, shared by the pipeline's settings and the sandbox's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Groups are set by field name in code and by environment variable (the alias) from outside;
+# frozen because a run must not change its own configuration halfway.
+SETTING_GROUP_CONFIG = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+
+UNLIMITED = frozenset({"", "none", "unlimited"})
+
+
+def setting(env: str, default: Any, meaning: str, **constraints: Any) -> Any:
+    """One setting's declaration: ``env`` is the variable it is read from."""
+    return Field(default, validation_alias=env, description=meaning, **constraints)
+
+
+def env_name(group: type[BaseModel], field: str) -> str:
+    """The environment variable a setting is read from, for messages that name it."""
+    alias = group.model_fields[field].validation_alias
+    if not isinstance(alias, str):
+        raise KeyError(f"{group.__name__}.{field} is not read from the environment")
+    return alias
+
+
+def unlimited_as_none(value: Any) -> Any:
+    """For limits where "unlimited" is a choice: ``none``, ``unlimited`` or empty."""
+    if isinstance(value, str) and value.strip().lower() in UNLIMITED:
+        return None
+    return value
