@@ -19,8 +19,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m enrich_pipeline.demo
 
+# One worker per core; a file's tests stay together so module fixtures are built once.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 dev: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml

@@ -34,7 +34,8 @@ import httpx
 
 from enrich_pipeline.dagster_layer.sensors import SENSOR_NAME
 from enrich_pipeline.ingest import ingest_file
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.settings import SecretSettings, Settings, environment_for
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,12 +206,9 @@ def measure(contacts: int, timeout_s: float, workspace: Path, seed: int) -> list
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     warehouse = str(tmp / "warehouse.duckdb")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DATA_LEGION_API_KEY", "DATA_LEGION_BASE_URL"}
-    }
-    env |= {"ENRICH_WAREHOUSE_PATH": warehouse, "ENRICH_EXPORT_DIR": str(tmp / "exports")}
+    provider = {env_name(SecretSettings, "data_legion_api_key"), env_name(Settings, "base_url")}
+    env = {key: value for key, value in os.environ.items() if key not in provider}
+    env |= environment_for(warehouse_path=warehouse, export_dir=tmp / "exports")
     log_path = tmp / "dagster_dev.log"
     print(f"dagster dev log: {log_path}; 1-min load average {os.getloadavg()[0]:.1f}", flush=True)
 

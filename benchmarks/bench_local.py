@@ -26,6 +26,8 @@ from dagster import AssetKey, DagsterInstance
 from enrich_pipeline.demo import materialise_command
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
+from enrich_pipeline.settings import SecretSettings, environment_for
+from enrich_pipeline.settings_base import env_name
 
 START = date(2025, 1, 1)
 DAYS = 100
@@ -181,13 +183,15 @@ def main() -> int:
     env = {
         **os.environ,
         "DAGSTER_HOME": str(work / "dagster_home"),
-        "ENRICH_WAREHOUSE_PATH": str(warehouse),
-        "ENRICH_EXPORT_DIR": str(exports),
-        "ENRICH_SANDBOX_LATENCY_MS": "0",
-        "ENRICH_SANDBOX_RATE_LIMIT": "0",
-        "ENRICH_CHUNK_SIZE": "5000",
+        **environment_for(
+            warehouse_path=warehouse,
+            export_dir=exports,
+            latency_ms=0,
+            rate_limit_per_min=None,
+            chunk_size=5000,
+        ),
     }
-    env.pop("DATA_LEGION_API_KEY", None)
+    env.pop(env_name(SecretSettings, "data_legion_api_key"), None)
     (work / "dagster_home").mkdir()
     shutil.copy(repo / "dagster.yaml", work / "dagster_home" / "dagster.yaml")
     first, last = START.isoformat(), (START + timedelta(days=DAYS - 1)).isoformat()

@@ -45,9 +45,13 @@ from typing import Any
 import httpx
 
 from benchmarks import article_baseline
-from enrich_pipeline.provider.client import DEFAULT_PERSON_FIELDS, EnrichmentClient
+from enrich_pipeline.field_profiles import DEFAULT_PROFILE, field_profile
+from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats, Outcome, PersonQuery
+from enrich_pipeline.sandbox import SandboxConfig
+from enrich_pipeline.settings import environment_for
+from enrich_pipeline.settings_base import env_name
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW_S = 60
@@ -113,6 +117,10 @@ def plan_rows(minutes: int) -> list[Row]:
     return rows
 
 
+# What the pipeline asks for by default, so every loop sends the same request.
+PERSON_FIELDS = field_profile(DEFAULT_PROFILE).person_include_fields
+
+
 def person_queries(first: int, count: int) -> list[PersonQuery]:
     return [
         PersonQuery(key=f"c{i}", email=f"person{i}@company{i % 997}.com")
@@ -122,7 +130,7 @@ def person_queries(first: int, count: int) -> list[PersonQuery]:
 
 def request_body(query: PersonQuery) -> dict[str, str]:
     """What our client posts for a single look-up, for the loops that bypass it."""
-    return {**query.identifiers(), "include_fields": DEFAULT_PERSON_FIELDS}
+    return {**query.identifiers(), "include_fields": PERSON_FIELDS}
 
 
 def supports_shared_state() -> bool:
@@ -146,14 +154,15 @@ class SandboxServer:
     ) -> None:
         self.port = free_port()
         self.api_key = f"bench-{os.urandom(8).hex()}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENRICH_SANDBOX_")}
-        env |= {
-            "ENRICH_SANDBOX_RATE_LIMIT": str(rate_limit or 0),
-            "ENRICH_SANDBOX_LATENCY_MS": str(latency_ms),
-            "ENRICH_SANDBOX_LIMIT_ALGORITHM": algorithm,
-            "ENRICH_SANDBOX_BULK_COST": bulk_cost,
-            "ENRICH_SANDBOX_API_KEY": self.api_key,
-        }
+        sandbox = {env_name(SandboxConfig, name) for name in SandboxConfig.model_fields}
+        env = {k: v for k, v in os.environ.items() if k not in sandbox}
+        env |= environment_for(
+            rate_limit_per_min=rate_limit,
+            latency_ms=latency_ms,
+            limit_algorithm=algorithm,
+            bulk_cost=bulk_cost,
+            accepted_api_key=self.api_key,
+        )
         # Lives as long as the server, to show why it died; closed in stop().
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -233,6 +242,7 @@ async def _run_ours(spec: WorkerSpec, start_at: float) -> WorkerResult:
     client = EnrichmentClient(
         http,
         stats=stats,
+        include_fields={"person": PERSON_FIELDS},
         use_bulk=spec.strategy == "bulk",
         bulk_size=BULK_SIZE,
         max_concurrency=CONCURRENCY,
@@ -438,7 +448,13 @@ async def _timed(queries: list[PersonQuery], calls: Awaitable[None]) -> Speed:
 async def _ours(base_url: str, api_key: str, queries: list[PersonQuery]) -> Speed:
     stats = CallStats()
     http = build_http_client(base_url=base_url, api_key=api_key, stats=stats)
-    client = EnrichmentClient(http, stats=stats, use_bulk=False, max_concurrency=CONCURRENCY)
+    client = EnrichmentClient(
+        http,
+        stats=stats,
+        include_fields={"person": PERSON_FIELDS},
+        use_bulk=False,
+        max_concurrency=CONCURRENCY,
+    )
     outcomes: Counter[Outcome] = Counter()
 
     async def calls() -> None:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from enrich_pipeline.field_profiles import PROFILES
 from enrich_pipeline.merge_policy import Confidence
+from enrich_pipeline.provider.models import MAX_BULK_SIZE
 from enrich_pipeline.sandbox.config import SandboxConfig
 from enrich_pipeline.settings_base import (
     SETTING_GROUP_CONFIG,
@@ -26,7 +27,6 @@ from enrich_pipeline.settings_base import (
 )
 
 DESTINATIONS = ("file", "hubspot")
-MAX_BULK_SIZE = 100
 
 
 class SettingError(ValueError):
@@ -53,7 +53,7 @@ class ProviderClientSettings(BaseModel):
 
     use_bulk: bool = setting("ENRICH_USE_BULK", True, "use the bulk endpoints (up to 100 per call)")
     bulk_size: int = setting(
-        "ENRICH_BULK_SIZE", MAX_BULK_SIZE, "items per bulk call (at most 100)", ge=1
+        "ENRICH_BULK_SIZE", MAX_BULK_SIZE, f"items per bulk call (at most {MAX_BULK_SIZE})", ge=1
     )
     max_concurrency: int = setting(
         "ENRICH_MAX_CONCURRENCY",
@@ -271,20 +271,6 @@ class SecretSettings(BaseModel):
     )
 
 
-PIPELINE_GROUPS: tuple[type[BaseModel], ...] = (
-    SecretSettings,
-    DataLegionSettings,
-    WarehouseSettings,
-    FileExportSettings,
-    AutomationSettings,
-    PipelineSettings,
-    ProviderClientSettings,
-    FieldProfileSettings,
-    HubSpotSettings,
-    QualitySettings,
-)
-
-
 # Validators of every group end up on one class: their names must differ.
 class Settings(
     BaseSettings,
@@ -342,10 +328,15 @@ class Settings(
         return value is not None and bool(value.get_secret_value())
 
 
-def declared_settings() -> dict[str, tuple[type[BaseModel], str]]:
-    """Every environment variable the project reads, with the group and field declaring it."""
-    found: dict[str, tuple[type[BaseModel], str]] = {}
-    for group in (*PIPELINE_GROUPS, SandboxConfig):
-        for field in group.model_fields:
-            found[env_name(group, field)] = (group, field)
-    return found
+def environment_for(**values: Any) -> dict[str, str]:
+    """The variables that give these settings (by field name) these values, for a process
+    started with them."""
+    return {
+        env_name(Settings, name): "none" if value is None else str(value)
+        for name, value in values.items()
+    }
+
+
+def declared_settings() -> dict[str, str]:
+    """Every environment variable the project reads, with the setting it fills."""
+    return {env_name(Settings, name): name for name in Settings.model_fields}

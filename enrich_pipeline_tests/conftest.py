@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from enrich_pipeline.settings import Settings, declared_settings
+from enrich_pipeline.settings import Settings, declared_settings, environment_for
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CSV = REPO / "data" / "sample_contacts.csv"
@@ -23,10 +23,13 @@ def isolate_configuration(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None
     for name in list(os.environ):
         if name.upper() in declared or name.upper().startswith("ENRICH_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("ENRICH_WAREHOUSE_PATH", str(folder / "warehouse.duckdb"))
-    monkeypatch.setenv("ENRICH_EXPORT_DIR", str(folder / "exports"))
-    monkeypatch.setenv("ENRICH_LIMITER_DIR", str(folder / "ratelimit"))
-    monkeypatch.setenv("ENRICH_SANDBOX_LATENCY_MS", "0")
+    for name, value in environment_for(
+        warehouse_path=folder / "warehouse.duckdb",
+        export_dir=folder / "exports",
+        limiter_dir=folder / "ratelimit",
+        latency_ms=0,
+    ).items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from enrich_pipeline_tests.conftest import REPO
 from enrich_pipeline_tests.helpers import ASSET_KEYS
 
 
+@pytest.mark.slow
 def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
     dagster = Path(sys.executable).with_name("dagster")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
@@ -96,6 +97,7 @@ def test_a_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.crm_destinations == ["file", "hubspot"]
 
 
+@pytest.mark.slow
 def test_importing_the_code_location_reads_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     # A broken value fails where the location is loaded (with the variable named), not at import.
     monkeypatch.setenv("ENRICH_PARTITION_START", "not-a-date")

@@ -9,11 +9,8 @@ import httpx
 import pytest
 import respx
 
-from enrich_pipeline.provider.client import (
-    DEFAULT_COMPANY_FIELDS,
-    DEFAULT_PERSON_FIELDS,
-    EnrichmentClient,
-)
+from enrich_pipeline.field_profiles import DEFAULT_PROFILE, field_profile
+from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.errors import CreditsExhausted, ProviderAuthError, ProviderError
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import (
@@ -44,6 +41,14 @@ class Run:
         self.by_key = {result.key: result for result in self.results}
 
 
+# The default field profile's lists, as the pipeline sends them.
+_PROFILE = field_profile(DEFAULT_PROFILE)
+INCLUDE_FIELDS: dict[Kind, str] = {
+    "person": _PROFILE.person_include_fields,
+    "company": _PROFILE.company_include_fields,
+}
+
+
 def run_enrich(
     router: respx.MockRouter,
     queries: Sequence[Query],
@@ -54,6 +59,7 @@ def run_enrich(
 ) -> Run:
     fake, stats = FakeTime(), CallStats()
     client_options.setdefault("use_bulk", False)
+    client_options.setdefault("include_fields", INCLUDE_FIELDS)
     results: list[EnrichmentResult] = []
 
     async def go() -> ProviderError | None:
@@ -126,7 +132,7 @@ def test_match_returns_record_and_sends_identifiers_fields_and_key() -> None:
     assert json.loads(request.content) == {
         "email": "jane@acme.com",
         "company": "Acme",
-        "include_fields": DEFAULT_PERSON_FIELDS,
+        "include_fields": INCLUDE_FIELDS["person"],
     }
     assert request.headers["API-Key"] == KEY
     assert request.headers["User-Agent"] == "enrich-pipeline/0.1"
@@ -141,7 +147,7 @@ def test_company_match_reads_the_company_record() -> None:
     assert run.results == [EnrichmentResult("acme", Outcome.MATCHED, record={"domain": "acme.com"})]
     assert json.loads(route.calls.last.request.content) == {
         "domain": "acme.com",
-        "include_fields": DEFAULT_COMPANY_FIELDS,
+        "include_fields": INCLUDE_FIELDS["company"],
     }
 
 
@@ -375,7 +381,7 @@ def test_bulk_maps_answers_by_metadata_key_with_per_item_errors() -> None:
     assert run.by_key["k3"].status is Outcome.NO_MATCH
     assert run.by_key["k4"].status is Outcome.ERROR
     body = json.loads(route.calls.last.request.content)
-    assert body["include_fields"] == DEFAULT_PERSON_FIELDS
+    assert body["include_fields"] == INCLUDE_FIELDS["person"]
     assert body["items"][0] == {"email": "p0@acme.com", "metadata": {"key": "k0"}}
 
 

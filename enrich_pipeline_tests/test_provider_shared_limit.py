@@ -186,6 +186,7 @@ def _enrich_in_a_process(
     results.put((index, answered, began, ended))
 
 
+@pytest.mark.slow
 def test_processes_on_one_key_share_the_limit_over_http(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

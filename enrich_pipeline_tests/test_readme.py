@@ -27,7 +27,9 @@ def test_the_configuration_tables_list_exactly_the_declared_settings() -> None:
 
 def test_each_environment_variable_is_declared_in_one_place() -> None:
     sources = {
-        path: path.read_text(encoding="utf-8") for path in (REPO / "enrich_pipeline").rglob("*.py")
+        path: path.read_text(encoding="utf-8")
+        for folder in ("enrich_pipeline", "benchmarks")
+        for path in (REPO / folder).rglob("*.py")
     }
     for name in declared_settings():
         quoted = re.compile(rf"[\"']{name}[\"']")

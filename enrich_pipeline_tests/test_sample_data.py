@@ -7,6 +7,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from enrich_pipeline.ingest import ingest_file
 
@@ -14,6 +15,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE = DATA / "sample_contacts.csv"
 
 
+@pytest.mark.slow
 def test_committed_sample_is_exactly_what_the_script_generates(tmp_path: Path) -> None:
     regenerated = tmp_path / "sample_contacts.csv"
     run = subprocess.run(

@@ -83,7 +83,7 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture
 def evaluate(settings: Settings, instance: DagsterInstance):
     defs = build_definitions(settings)
-    schedule = defs.get_schedule_def(SCHEDULE_NAME)
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     resources = {
         **defs.resources,
         "warehouse": WarehouseResource.from_settings(settings, lock_timeout_s=0),
@@ -107,7 +107,7 @@ def ranges(result: list[RunRequest] | SkipReason) -> list[tuple[date, date]]:
 
 
 def test_the_schedule_runs_daily_at_three_utc_by_default(settings: Settings) -> None:
-    stale_refresh_schedule = build_definitions(settings).get_schedule_def(SCHEDULE_NAME)
+    stale_refresh_schedule = build_definitions(settings).resolve_schedule_def(SCHEDULE_NAME)
     assert stale_refresh_schedule.cron_schedule == "0 3 * * *"
     assert stale_refresh_schedule.execution_timezone == "UTC"
     assert stale_refresh_schedule.default_status == DefaultScheduleStatus.RUNNING
@@ -176,6 +176,7 @@ def test_nothing_stale_skips(warehouse, evaluate) -> None:
     assert isinstance(evaluate(), SkipReason)
 
 
+@pytest.mark.slow
 def test_a_busy_warehouse_skips_with_the_reason(settings, warehouse, evaluate) -> None:
     warehouse.leads(("a@gmail.com", day(3)))
     with held_by_another_process(settings.warehouse_path):

@@ -54,7 +54,7 @@ class Ticks:
 
     def __init__(self, settings: Settings, instance: DagsterInstance) -> None:
         defs = build_definitions(settings)
-        self.sensor: SensorDefinition = defs.get_sensor_def(SENSOR_NAME)
+        self.sensor: SensorDefinition = defs.resolve_sensor_def(SENSOR_NAME)
         self.instance = instance
         # No waiting on another process's lock: a held lock must be answered at once.
         self.resources = {
@@ -101,7 +101,7 @@ def ticks(settings: Settings, instance: DagsterInstance) -> Ticks:
 
 
 def test_the_sensor_runs_by_default_at_the_configured_interval() -> None:
-    sensor = build_definitions(Settings(sensor_interval_s=7)).get_sensor_def(SENSOR_NAME)
+    sensor = build_definitions(Settings(sensor_interval_s=7)).resolve_sensor_def(SENSOR_NAME)
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 7
     assert sensor.job_name == ENRICH_JOB_NAME
@@ -195,6 +195,7 @@ def test_a_backlog_bigger_than_one_tick_is_taken_in_bounded_ticks(
     assert ticks.cursor == str(last)
 
 
+@pytest.mark.slow
 def test_a_warehouse_locked_by_another_process_skips_and_loses_nothing(
     ticks, settings, tmp_path
 ) -> None:

@@ -17,6 +17,7 @@ from enrich_pipeline_tests.helpers import held_by_another_process, release
 
 
 # Opens the file for writing, says so, and keeps it open until told (a line on stdin) to close.
+@pytest.mark.slow
 def test_a_held_warehouse_raises_busy_naming_the_file(tmp_path: Path) -> None:
     warehouse = tmp_path / "warehouse.duckdb"
     with connect(warehouse):

@@ -22,6 +22,8 @@ from enrich_pipeline.warehouse.enrichment import (
     store_persons,
 )
 
+FRESHNESS = Freshness(person_ttl_days=30, company_ttl_days=90, no_match_retry_days=14)
+
 NOW = datetime(2026, 9, 10, 12, 0)
 START = date(2026, 9, 1)
 END = date(2026, 9, 4)
@@ -79,7 +81,7 @@ def person_row(con: duckdb.DuckDBPyConnection, identity: str) -> dict[str, Any]:
 def stale_person_keys(
     con: duckdb.DuckDBPyConnection, freshness: Freshness | None = None
 ) -> list[str]:
-    selection = stale_persons(con, START, END, NOW, freshness or Freshness())
+    selection = stale_persons(con, START, END, NOW, freshness or FRESHNESS)
     return [q.key for q in selection.queries]
 
 
@@ -107,7 +109,7 @@ def test_person_ttl(
         }[previous]
         store_persons(con, [result], NOW - timedelta(days=age_days))
 
-    selection = stale_persons(con, START, END, NOW, Freshness())
+    selection = stale_persons(con, START, END, NOW, FRESHNESS)
 
     assert [q.key for q in selection.queries] == (["ada@ae.io"] if stale else [])
     assert selection.total == 1
@@ -119,7 +121,7 @@ def test_person_ttl_follows_the_configured_freshness(con: duckdb.DuckDBPyConnect
     store_persons(con, [matched("ada@ae.io")], NOW - timedelta(days=8))
     store_persons(con, [no_match("grace@navy.mil")], NOW - timedelta(days=3))
 
-    short = Freshness(person_ttl_days=7, no_match_retry_days=2)
+    short = Freshness(person_ttl_days=7, company_ttl_days=90, no_match_retry_days=2)
 
     assert stale_person_keys(con) == []
     assert stale_person_keys(con, short) == ["ada@ae.io", "grace@navy.mil"]
@@ -150,7 +152,7 @@ def test_each_person_query_carries_exactly_one_identifier(
     )
 
     queries = {
-        q.key: q.identifiers() for q in stale_persons(con, START, END, NOW, Freshness()).queries
+        q.key: q.identifiers() for q in stale_persons(con, START, END, NOW, FRESHNESS).queries
     }
 
     assert queries == {
@@ -180,7 +182,7 @@ def test_an_identity_seen_in_several_partitions_is_asked_once(
     )
     assert con.execute("SELECT count(*) FROM clean_contacts").fetchone() == (4,)
 
-    selection = stale_persons(con, START, END, NOW, Freshness())
+    selection = stale_persons(con, START, END, NOW, FRESHNESS)
 
     assert [q.key for q in selection.queries] == ["ada@ae.io", "phone:+16502530000"]
     assert selection.total == 2
@@ -278,7 +280,7 @@ def test_stale_companies_prefers_the_matched_persons_domain(
         NOW,
     )
 
-    selection = stale_companies(con, START, END, NOW, Freshness())
+    selection = stale_companies(con, START, END, NOW, FRESHNESS)
 
     assert [(q.key, q.domain) for q in selection.queries] == [
         ("acme.com", "acme.com"),
@@ -294,7 +296,7 @@ def test_stale_companies_never_asks_for_a_free_mail_domain(
     leads(con, {"email": "alan@gmail.com"}, {"email": "joan@outlook.com"})
     store_persons(con, [matched("joan@outlook.com", company_domain="Outlook.com")], NOW)
 
-    selection = stale_companies(con, START, END, NOW, Freshness())
+    selection = stale_companies(con, START, END, NOW, FRESHNESS)
 
     assert selection.queries == []
     assert selection.total == 0
@@ -323,7 +325,7 @@ def test_company_ttl(
         }[previous]
         store_companies(con, [result], NOW - timedelta(days=age_days))
 
-    selection = stale_companies(con, START, END, NOW, Freshness())
+    selection = stale_companies(con, START, END, NOW, FRESHNESS)
 
     assert [q.domain for q in selection.queries] == (["acme.com"] if stale else [])
     assert selection.total == 1
@@ -403,6 +405,6 @@ def test_a_free_mail_company_domain_from_the_provider_falls_back_to_the_leads(
             now,
         )
         stored = con.execute("SELECT company_domain FROM person_enrichment").fetchone()[0]
-        selection = stale_companies(con, date(2026, 9, 1), date(2026, 9, 2), now, Freshness())
+        selection = stale_companies(con, date(2026, 9, 1), date(2026, 9, 2), now, FRESHNESS)
     assert stored is None
     assert [q.domain for q in selection.queries] == ["realco.io"]

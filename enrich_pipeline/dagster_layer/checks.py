@@ -7,12 +7,13 @@ run that includes it, whichever partition range the run materialised. Their figu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetKey,
     AssetsDefinition,
@@ -177,30 +178,28 @@ _STALE_DESCRIPTION = (
 )
 
 
-@asset_check(
-    asset=enriched_persons,
-    name="stale_share_below_ceiling",
-    description=_STALE_DESCRIPTION.format(what="person"),
-)
-def person_stale_share_below_ceiling(
-    warehouse: WarehouseResource, pipeline: PipelineResource, quality: QualityThresholds
-) -> AssetCheckResult:
-    with warehouse.connect() as con:
-        found = person_staleness(con, utc_now(), pipeline.freshness)
-    return _staleness_result(found, quality.max_stale_share, "person")
+def _stale_share_check(
+    asset: AssetsDefinition, what: str, staleness: Callable[..., Staleness]
+) -> AssetChecksDefinition:
+    @asset_check(
+        asset=asset,
+        name="stale_share_below_ceiling",
+        description=_STALE_DESCRIPTION.format(what=what),
+    )
+    def stale_share_below_ceiling(
+        warehouse: WarehouseResource, pipeline: PipelineResource, quality: QualityThresholds
+    ) -> AssetCheckResult:
+        with warehouse.connect() as con:
+            found = staleness(con, utc_now(), pipeline.freshness)
+        return _staleness_result(found, quality.max_stale_share, what)
+
+    return stale_share_below_ceiling
 
 
-@asset_check(
-    asset=enriched_companies,
-    name="stale_share_below_ceiling",
-    description=_STALE_DESCRIPTION.format(what="company"),
+person_stale_share_below_ceiling = _stale_share_check(enriched_persons, "person", person_staleness)
+company_stale_share_below_ceiling = _stale_share_check(
+    enriched_companies, "company", company_staleness
 )
-def company_stale_share_below_ceiling(
-    warehouse: WarehouseResource, pipeline: PipelineResource, quality: QualityThresholds
-) -> AssetCheckResult:
-    with warehouse.connect() as con:
-        found = company_staleness(con, utc_now(), pipeline.freshness)
-    return _staleness_result(found, quality.max_stale_share, "company")
 
 
 @asset_check(

@@ -1,20 +1,31 @@
-"""The body ``enriched_persons`` and ``enriched_companies`` share: run the look-ups for the stale
-records, write results per chunk on a fresh short connection, and report the cost."""
-
-from __future__ import annotations
+"""What ``enriched_persons`` and ``enriched_companies`` are made of: an asset that runs the
+look-ups for the window's stale records of one kind, writes results per chunk on a fresh short
+connection, and reports the cost."""
 
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import duckdb
-from dagster import AssetExecutionContext, Failure, MaterializeResult, get_dagster_logger
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    Failure,
+    MaterializeResult,
+    get_dagster_logger,
+)
 
 from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.metadata import enrichment_metadata, preview
-from enrich_pipeline.dagster_layer.partitions import describe_window, partition_window
+from enrich_pipeline.dagster_layer.partitions import (
+    ENRICHMENT_API_POOL,
+    contact_asset,
+    describe_window,
+    partition_window,
+)
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineResource,
@@ -37,23 +48,53 @@ Select = Callable[[duckdb.DuckDBPyConnection, date, date, datetime, Freshness], 
 _CREDIT_BUDGET = env_name(ProviderClientSettings, "max_credits_per_run")
 
 
+@dataclass(frozen=True)
+class EnrichmentStep:
+    """What one kind of enrichment reads and writes. ``preview_sql`` takes the window's start and
+    end dates as its two parameters."""
+
+    kind: Kind
+    select: Select
+    store: Store
+    preview_sql: str
+
+
+def enrichment_asset(
+    *, name: str, upstream: AssetsDefinition, description: str, step: EnrichmentStep
+) -> AssetsDefinition:
+    """An asset in the ``enrichment_api`` pool that enriches the window's stale records."""
+
+    @contact_asset(
+        name=name,
+        deps=[upstream],
+        kinds={"duckdb", "api"},
+        pool=ENRICHMENT_API_POOL,
+        description=description,
+    )
+    def enrich_window(
+        context: AssetExecutionContext,
+        warehouse: WarehouseResource,
+        enrichment: EnrichmentResource,
+        pipeline: PipelineResource,
+    ) -> MaterializeResult:
+        return materialise_enrichment(context, step, enrichment, warehouse, pipeline)
+
+    return enrich_window
+
+
 def materialise_enrichment(
     context: AssetExecutionContext,
-    *,
-    kind: Kind,
-    select: Select,
-    store: Store,
-    preview_sql: str,
+    step: EnrichmentStep,
     enrichment: EnrichmentResource,
     warehouse: WarehouseResource,
     pipeline: PipelineResource,
 ) -> MaterializeResult:
-    """``preview_sql`` takes the window's start and end dates as its two parameters."""
+    kind = step.kind
     started = time.monotonic()
     start, end = partition_window(context)
     window = describe_window(start, end)
     with warehouse.connect() as con:
-        selection = select(con, start, end, utc_now(), pipeline.freshness)
+        selection = step.select(con, start, end, utc_now(), pipeline.freshness)
     stats = CallStats()
     report = PassReport(requested=len(selection.queries))
     changes = 0
@@ -66,7 +107,7 @@ def materialise_enrichment(
     def write_chunk(results: list[EnrichmentResult]) -> None:
         nonlocal changes
         with warehouse.connect() as con:
-            changes += store(con, results, utc_now()) or 0
+            changes += step.store(con, results, utc_now()) or 0
 
     async def run() -> None:
         async with enrichment.client(stats, get_dagster_logger()) as client:
@@ -106,7 +147,7 @@ def materialise_enrichment(
             f"{stats.deferred} look-ups left for the next run"
         )
     with warehouse.connect() as con:
-        sample = con.execute(preview_sql, [start, end]).df()
+        sample = con.execute(step.preview_sql, [start, end]).df()
     result_metadata = {**metadata(), "preview": preview(sample)}
     context.log.info(
         f"{kind} enrichment done: {report.matched} matched, {report.no_match} no match, "

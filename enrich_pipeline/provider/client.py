@@ -15,6 +15,7 @@ import httpx
 from enrich_pipeline.provider.errors import CreditsExhausted, ProviderAuthError
 from enrich_pipeline.provider.http import API_KEY_HEADER, REDACTED, ProviderHttpClient
 from enrich_pipeline.provider.models import (
+    MAX_BULK_SIZE,
     CallStats,
     EnrichmentResult,
     Kind,
@@ -24,19 +25,6 @@ from enrich_pipeline.provider.models import (
 from enrich_pipeline.provider.pacing import DEFAULT_MAX_IN_FLIGHT
 from enrich_pipeline.provider.transports import ITEMS_EXTENSION, header_int
 
-DEFAULT_PERSON_FIELDS = (
-    "legion_id,full_name,first_name,last_name,job_title,company_name,company_domain,"
-    "company_industry,company_size,seniority_level,job_function,city,state,country,"
-    "linkedin_url,work_email,mobile_phone"
-)
-DEFAULT_COMPANY_FIELDS = (
-    "legion_id,name,domain,industry,type,size,founded,linkedin_url,legion_employee_count"
-)
-DEFAULT_FIELDS: Mapping[Kind, str] = {
-    "person": DEFAULT_PERSON_FIELDS,
-    "company": DEFAULT_COMPANY_FIELDS,
-}
-MAX_BULK_SIZE = 100
 # How a plan without bulk access answers a bulk call; the single endpoints may still work.
 BULK_REFUSED_STATUSES = frozenset({403, 404, 405})
 _MAX_MESSAGE_CHARS = 200
@@ -155,7 +143,7 @@ class EnrichmentClient:
             raise ValueError(f"max_credits must not be negative, got {max_credits}")
         self._http = http
         self._stats = stats
-        self._fields: dict[Kind, str] = {**DEFAULT_FIELDS, **(include_fields or {})}
+        self._fields: dict[Kind, str] = dict(include_fields or {})
         self._use_bulk = use_bulk
         self._bulk_size = bulk_size
         self._max_concurrency = max_concurrency

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 Kind = Literal["person", "company"]
 
+# The most look-ups one bulk call may carry (the wire format's limit).
+MAX_BULK_SIZE = 100
+
 # The person fields the pipeline can ask the provider for and keeps (person_enrichment's
 # profile columns), grouped by what they tell; field profiles ask for some of the groups.
 PERSON_NAME_FIELDS = ("full_name", "first_name", "last_name")

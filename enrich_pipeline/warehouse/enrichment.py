@@ -32,9 +32,9 @@ from enrich_pipeline.warehouse.connection import transaction
 class Freshness:
     """How long an answer stays good. Errors are always retried on the next run."""
 
-    person_ttl_days: int = 30
-    company_ttl_days: int = 90
-    no_match_retry_days: int = 14
+    person_ttl_days: int
+    company_ttl_days: int
+    no_match_retry_days: int
 
     def ttl_days(self, kind: Kind) -> int:
         return self.person_ttl_days if kind == "person" else self.company_ttl_days

@@ -1,16 +1,8 @@
 """``enriched_companies``: firmographics for every company domain the window's contacts
 work at (free-mail domains skipped), when missing or past its TTL."""
 
-from dagster import AssetExecutionContext, MaterializeResult
-
 from enrich_pipeline.dagster_layer.assets.enriched_persons import enriched_persons
-from enrich_pipeline.dagster_layer.enrichment_asset import materialise_enrichment
-from enrich_pipeline.dagster_layer.partitions import ENRICHMENT_API_POOL, contact_asset
-from enrich_pipeline.dagster_layer.resources import (
-    EnrichmentResource,
-    PipelineResource,
-    WarehouseResource,
-)
+from enrich_pipeline.dagster_layer.enrichment_asset import EnrichmentStep, enrichment_asset
 from enrich_pipeline.warehouse.enrichment import stale_companies, store_companies
 
 _PREVIEW = """
@@ -21,29 +13,14 @@ WHERE domain IN (SELECT company_domain FROM clean_contacts
 ORDER BY enriched_at DESC, domain LIMIT 10
 """
 
-
-@contact_asset(
-    deps=[enriched_persons],
-    kinds={"duckdb", "api"},
-    pool=ENRICHMENT_API_POOL,
+enriched_companies = enrichment_asset(
+    name="enriched_companies",
+    upstream=enriched_persons,
     description=(
         "Company firmographics by domain (table company_enrichment, one row per domain): the "
         "matched person's company domain, else the lead's website or work-email domain."
     ),
+    step=EnrichmentStep(
+        kind="company", select=stale_companies, store=store_companies, preview_sql=_PREVIEW
+    ),
 )
-def enriched_companies(
-    context: AssetExecutionContext,
-    warehouse: WarehouseResource,
-    enrichment: EnrichmentResource,
-    pipeline: PipelineResource,
-) -> MaterializeResult:
-    return materialise_enrichment(
-        context,
-        kind="company",
-        select=stale_companies,
-        store=store_companies,
-        preview_sql=_PREVIEW,
-        enrichment=enrichment,
-        warehouse=warehouse,
-        pipeline=pipeline,
-    )

@@ -1,15 +1,7 @@
 """``enriched_persons``: a person look-up for every identity that is missing or past its TTL."""
 
-from dagster import AssetExecutionContext, MaterializeResult
-
 from enrich_pipeline.dagster_layer.assets.clean_contacts import clean_contacts
-from enrich_pipeline.dagster_layer.enrichment_asset import materialise_enrichment
-from enrich_pipeline.dagster_layer.partitions import ENRICHMENT_API_POOL, contact_asset
-from enrich_pipeline.dagster_layer.resources import (
-    EnrichmentResource,
-    PipelineResource,
-    WarehouseResource,
-)
+from enrich_pipeline.dagster_layer.enrichment_asset import EnrichmentStep, enrichment_asset
 from enrich_pipeline.warehouse.enrichment import stale_persons, store_persons
 
 _PREVIEW = """
@@ -21,30 +13,15 @@ SEMI JOIN clean_contacts c ON c.identity = p.identity
 ORDER BY p.enriched_at DESC, p.identity LIMIT 10
 """
 
-
-@contact_asset(
-    deps=[clean_contacts],
-    kinds={"duckdb", "api"},
-    pool=ENRICHMENT_API_POOL,
+enriched_persons = enrichment_asset(
+    name="enriched_persons",
+    upstream=clean_contacts,
     description=(
         "Person profile for every clean contact (table person_enrichment, one row per identity: "
         "matched / no_match / error, enriched_at). Looked up by email, else phone, LinkedIn URL "
         "or name + company; records still inside their freshness window are not called again."
     ),
+    step=EnrichmentStep(
+        kind="person", select=stale_persons, store=store_persons, preview_sql=_PREVIEW
+    ),
 )
-def enriched_persons(
-    context: AssetExecutionContext,
-    warehouse: WarehouseResource,
-    enrichment: EnrichmentResource,
-    pipeline: PipelineResource,
-) -> MaterializeResult:
-    return materialise_enrichment(
-        context,
-        kind="person",
-        select=stale_persons,
-        store=store_persons,
-        preview_sql=_PREVIEW,
-        enrichment=enrichment,
-        warehouse=warehouse,
-        pipeline=pipeline,
-    )
