@@ -21,8 +21,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
 
+from enrich_pipeline.dagster_layer.assets import PIPELINE_ASSETS
 from enrich_pipeline.demo import materialise_command
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
@@ -98,11 +99,13 @@ def step_durations(dagster_home: Path) -> dict[str, float]:
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     with DagsterInstance.get() as instance:
         durations = {}
-        for asset in ("raw_contacts", "enriched_persons", "enriched_companies", "crm_exports"):
-            event = instance.get_latest_materialization_event(AssetKey(asset))
+        for asset in PIPELINE_ASSETS:
+            event = instance.get_latest_materialization_event(asset.key)
             materialisation = event.asset_materialization if event else None
             if materialisation is not None:
-                durations[asset] = float(materialisation.metadata["duration_s"].value)
+                durations[asset.key.to_user_string()] = float(
+                    materialisation.metadata["duration_s"].value
+                )
     return durations
 
 

@@ -298,11 +298,11 @@ class Settings(
     )
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        """``Settings(**overrides)``, with an unusable value reported as a ``SettingError``
-        naming its variable."""
+    def from_env(cls) -> Settings:
+        """``Settings()``, with an unusable value reported as a ``SettingError`` naming its
+        variable."""
         try:
-            return cls(**overrides)
+            return cls()
         except ValidationError as exc:
             problems = []
             for error in exc.errors():

@@ -14,8 +14,9 @@ UNLIMITED = frozenset({"", "none", "unlimited"})
 
 
 def setting(env: str, default: Any, meaning: str, **constraints: Any) -> Any:
-    """One setting's declaration: ``env`` is the variable it is read from."""
-    return Field(default, validation_alias=env, description=meaning, **constraints)
+    """One setting's declaration: ``env`` is the variable it is read from. The description, shown
+    beside the resource configuration in the UI, names it."""
+    return Field(default, validation_alias=env, description=f"{meaning} ({env})", **constraints)
 
 
 def env_name(group: type[BaseModel], field: str) -> str:
