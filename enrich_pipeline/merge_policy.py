@@ -26,8 +26,11 @@ class Confidence(StrEnum):
 
     @property
     def rank(self) -> int:
-        return {"low": 1, "moderate": 2, "high": 3}[self.value]
+        # Looked up for every record the sandbox answers: a table, not a dict built per call.
+        return _CONFIDENCE_RANK[self]
 
+
+_CONFIDENCE_RANK = {Confidence.LOW: 1, Confidence.MODERATE: 2, Confidence.HIGH: 3}
 
 @dataclass(frozen=True)
 class Candidate:
