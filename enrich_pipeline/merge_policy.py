@@ -32,6 +32,7 @@ class Confidence(StrEnum):
 
 _CONFIDENCE_RANK = {Confidence.LOW: 1, Confidence.MODERATE: 2, Confidence.HIGH: 3}
 
+
 @dataclass(frozen=True)
 class Candidate:
     origin: Origin
