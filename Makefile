@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev lint format bench bench-local bench-latency clean
+.PHONY: demo test dev serve lint format bench bench-local bench-latency clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ demo: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
+# The intake service runs beside the Dagster UI and stops with it.
 dev: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/enrich-pipeline serve & trap 'kill $$!' EXIT; $(BIN)/dagster dev -w workspace.yaml
+
+serve: $(BIN)/.installed
+	$(BIN)/enrich-pipeline serve
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -45,4 +49,5 @@ bench-latency: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.bench_latency
 
 clean:
-	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/exports
+	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/exports \
+		data/intake.sqlite3*

@@ -1,13 +1,17 @@
-"""``enrich-pipeline``: land a CSV in the warehouse, or serve the sandbox provider over HTTP."""
+"""``enrich-pipeline``: land a CSV in the warehouse, serve the intake API, or serve the sandbox
+provider over HTTP."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import sys
 from collections.abc import Sequence
 
 from enrich_pipeline.ingest import IngestError, ingest_file
-from enrich_pipeline.settings import SettingError, Settings
+from enrich_pipeline.settings import IntakeSettings, SettingError, Settings
+from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import WarehouseBusy
 
 
@@ -30,6 +34,45 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from enrich_pipeline.dagster_layer.landing_events import report_landing
+    from enrich_pipeline.intake.app import create_intake_app
+    from enrich_pipeline.intake.journal import IntakeJournal
+    from enrich_pipeline.intake.mover import JournalMover
+
+    settings = Settings.from_env()
+    host = args.host or settings.intake_host
+    port = args.port or settings.intake_port
+    token = settings.intake_token.get_secret_value() if settings.is_set("intake_token") else None
+    if token is None and not _is_loopback(host):
+        raise SettingError(
+            f"refusing to listen on {host} without a token: set "
+            f"{env_name(IntakeSettings, 'intake_token')}, or listen on 127.0.0.1"
+        )
+    journal = IntakeJournal(settings.intake_journal_path)
+    mover = JournalMover(
+        journal,
+        settings.warehouse_path,
+        on_landed=lambda report: report_landing(report, source="intake"),
+    )
+    app = create_intake_app(journal, token=token, mover=mover)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(f"Intake listening on http://{host}:{port}: POST /v1/leads, API docs at /docs")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enrich-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8787)
     sandbox.set_defaults(run=_sandbox)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the intake API: POST /v1/leads lands leads within seconds (ENRICH_INTAKE_*)",
+    )
+    serve.add_argument("--host", help="default: the intake host setting (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: the intake port setting (8000)")
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -77,9 +77,11 @@ def header_key(header: str) -> str:
     return _KEY_NOISE.sub("", header).casefold()
 
 
-def map_columns(headers: Sequence[str]) -> ColumnMapping:
+def map_columns(headers: Sequence[str], *, require_identity: bool = True) -> ColumnMapping:
     """Map source headers to ``raw_contacts`` columns, or raise ``ColumnMappingError`` if
-    none of them identifies a contact (email, phone, LinkedIn URL or a name)."""
+    none of them identifies a contact (email, phone, LinkedIn URL or a name). Without
+    ``require_identity`` such headers map all the same (each lead of a request has its own
+    keys, and one without identity is refused or quarantined on its own)."""
     ranked: dict[str, list[tuple[int, int, str]]] = {}
     unrecognised: list[str] = []
     for position, header in enumerate(headers):
@@ -95,7 +97,7 @@ def map_columns(headers: Sequence[str]) -> ColumnMapping:
         for target in _ALIASES
         if target in ranked
     }
-    if not any(target in columns for target in IDENTIFYING_COLUMNS):
+    if require_identity and not any(target in columns for target in IDENTIFYING_COLUMNS):
         shown = ", ".join(repr(h) for h in headers) or "none"
         raise ColumnMappingError(
             "no column identifies a contact (need one of email, phone, LinkedIn URL, "

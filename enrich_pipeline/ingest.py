@@ -52,7 +52,7 @@ _CONTACT_COLUMNS: tuple[str, ...] = (
 )
 # A row with none of these identifies no one, so it cannot land. A company counts here, being
 # half of a name + company identity; whether a row identifies someone is judged at validation.
-_ROW_IDENTIFYING = (*IDENTIFYING_COLUMNS, "company_name")
+ROW_IDENTIFYING = (*IDENTIFYING_COLUMNS, "company_name")
 
 # Spreadsheet exports pad with tabs and non-breaking spaces as well as plain spaces. Trimming
 # a character set is several times slower than looking at both ends first, and most values
@@ -78,6 +78,26 @@ CREATE OR REPLACE TEMP MACRO __parse_received(v) AS CASE
         THEN make_timestamp(CAST(v AS BIGINT) * 1000)
 END
 """
+
+
+@dataclass(frozen=True)
+class StagedRows:
+    """What each row of the staged table ``__src AS s`` carries besides its source-header
+    columns, as SQL over ``s``; lets a CSV file and the intake journal share one landing."""
+
+    source_row: str  # unique per row; stored as source_row, and lands rows in its order
+    fallback_source: str  # source when the row's own source field is blank
+    fallback_received: str  # received_at when the row has no date
+    original: str  # JSON of the row as given, kept with a quarantined row
+
+
+# CSV rows are numbered by file position; the fallbacks are the parameters of ``_stage``.
+_CSV_ROWS = StagedRows(
+    source_row="s.rowid + 1",
+    fallback_source="$fallback_source",
+    fallback_received="$now",
+    original="to_json(s)",
+)
 
 
 class IngestError(RuntimeError):
@@ -117,19 +137,15 @@ def ingest_file(
     Raises ``IngestError`` (and writes nothing) when the file cannot be read as a contacts CSV.
     """
     csv_path = Path(csv_path)
-    landed_at = _utc_naive(now or datetime.now(UTC))
+    landed_at = utc_naive(now or datetime.now(UTC))
     mapping = _map_headers(csv_path)
     fallback_source = source.strip() if source and source.strip() else csv_path.stem
 
     with connect(warehouse_path) as con:
-        # TIMESTAMPTZ casts of zone-less text use the session zone; pin it so a naive
-        # '2026-08-03 14:22' means UTC whatever the machine's zone.
-        con.execute("SET SESSION TimeZone = 'UTC'")
-        con.execute(_CLEAN_MACRO)
-        con.execute(_PARSE_MACRO)
+        prepare_session(con)
         # Staged before the transaction: a temp table's rowid is only its row position once
         # committed, and staging writes nothing to the warehouse's own tables.
-        _stage(con, csv_path, mapping, fallback_source)
+        _stage(con, csv_path, mapping, fallback_source, landed_at)
         # One transaction from the "landed before?" check to the last insert, so a file is
         # either wholly landed or not at all.
         with transaction(con):
@@ -137,7 +153,7 @@ def ingest_file(
             if earlier is not None:
                 log.info("%s: already landed; not landing it again", csv_path)
                 return earlier
-            report = _land(con, csv_path.name, landed_at)
+            report = land_checked(con, csv_path.name, landed_at, _CSV_ROWS)
 
     log.info(
         "ingested %s: %d rows read, %d landed, %d quarantined",
@@ -147,6 +163,15 @@ def ingest_file(
         report.quarantined,
     )
     return report
+
+
+def prepare_session(con: duckdb.DuckDBPyConnection) -> None:
+    """Define the cleaning and date macros the checking SQL uses."""
+    # TIMESTAMPTZ casts of zone-less text use the session zone; pin it so a naive
+    # '2026-08-03 14:22' means UTC whatever the machine's zone.
+    con.execute("SET SESSION TimeZone = 'UTC'")
+    con.execute(_CLEAN_MACRO)
+    con.execute(_PARSE_MACRO)
 
 
 def _map_headers(csv_path: Path) -> ColumnMapping:
@@ -196,7 +221,11 @@ def _earlier_landing(con: duckdb.DuckDBPyConnection, source_file: str) -> Ingest
 
 
 def _stage(
-    con: duckdb.DuckDBPyConnection, csv_path: Path, mapping: ColumnMapping, fallback_source: str
+    con: duckdb.DuckDBPyConnection,
+    csv_path: Path,
+    mapping: ColumnMapping,
+    fallback_source: str,
+    landed_at: datetime,
 ) -> None:
     """Read the file into ``__src`` and derive ``__checked`` from it (temp tables)."""
     try:
@@ -204,12 +233,23 @@ def _stage(
         con.execute(f"CREATE TEMP TABLE __src AS SELECT * FROM {_READ_CSV}", [str(csv_path)])
     except duckdb.Error as exc:
         raise IngestError(f"{csv_path}: could not be read as CSV: {_short_error(exc)}") from exc
-    con.execute(_checked_sql(mapping), [fallback_source])
+    check_staged(con, mapping, _CSV_ROWS, {"fallback_source": fallback_source, "now": landed_at})
 
 
-def _checked_sql(mapping: ColumnMapping) -> str:
-    """SQL building ``__checked``: one row per source row with its landed values and, for
-    rows that cannot land, the quarantine reason. Parameter 1 is the fallback source."""
+def check_staged(
+    con: duckdb.DuckDBPyConnection,
+    mapping: ColumnMapping,
+    rows: StagedRows,
+    params: dict[str, object] | None = None,
+) -> None:
+    """Build the temp table ``__checked`` from ``__src``: one row per source row with its
+    landed values and, for rows that cannot land, the quarantine reason. ``params`` are the
+    named parameters ``rows`` refers to. Needs ``prepare_session``."""
+    con.execute(_checked_sql(mapping, rows), params)
+
+
+def _checked_sql(mapping: ColumnMapping, rows: StagedRows) -> str:
+    """The ``CREATE TEMP TABLE __checked`` statement of ``check_staged``."""
 
     def first_filled(target: str, *, raw: bool = False) -> str:
         headers = mapping.columns.get(target, ())
@@ -218,38 +258,40 @@ def _checked_sql(mapping: ColumnMapping) -> str:
         # Email lands as given (the pipeline's normalisation owns trimming/lower-casing);
         # only a blank one becomes NULL.
         values = [
-            f"CASE WHEN __clean({_ident(h)}) IS NOT NULL THEN {_ident(h)} END"
+            f"CASE WHEN __clean({quote_ident(h)}) IS NOT NULL THEN {quote_ident(h)} END"
             if raw
-            else f"__clean({_ident(h)})"
+            else f"__clean({quote_ident(h)})"
             for h in headers
         ]
         return values[0] if len(values) == 1 else f"coalesce({', '.join(values)})"
 
     # Which date column supplied the value, so a bad date's quarantine row can name it.
     whens = " ".join(
-        f"WHEN __clean({_ident(h)}) IS NOT NULL THEN {_literal(h)}"
+        f"WHEN __clean({quote_ident(h)}) IS NOT NULL THEN {_literal(h)}"
         for h in mapping.columns.get("received_at", ())
     )
     received_field = f"CASE {whens} END" if whens else "CAST(NULL AS VARCHAR)"
     contact_values = ",\n        ".join(
         f"{first_filled(col, raw=col == 'email')} AS {col}" for col in _CONTACT_COLUMNS
     )
-    no_identity = " AND ".join(f"{col} IS NULL" for col in _ROW_IDENTIFYING)
+    no_identity = " AND ".join(f"{col} IS NULL" for col in ROW_IDENTIFYING)
     return f"""
     CREATE TEMP TABLE __checked AS
     WITH mapped AS (
         SELECT
-            rowid + 1 AS source_row,
-            coalesce({first_filled("source")}, ?) AS source,
+            {rows.source_row} AS source_row,
+            coalesce({first_filled("source")}, {rows.fallback_source}) AS source,
             {first_filled("received_at")} AS received_raw,
+            {rows.fallback_received} AS received_fallback,
             {received_field} AS received_field,
             {contact_values}
-        FROM __src
+        FROM __src AS s
     ), parsed AS (
         SELECT *, __parse_received(received_raw) AS received_parsed FROM mapped
     )
     SELECT
         *,
+        coalesce(received_parsed, received_fallback) AS received_at,
         CASE
             WHEN {no_identity} THEN '{REASON_NO_IDENTITY}'
             WHEN received_raw IS NOT NULL AND received_parsed IS NULL THEN '{REASON_BAD_DATE}'
@@ -258,8 +300,11 @@ def _checked_sql(mapping: ColumnMapping) -> str:
     """
 
 
-def _land(con: duckdb.DuckDBPyConnection, source_file: str, landed_at: datetime) -> IngestReport:
-    """Write ``__checked`` out; runs inside the caller's transaction."""
+def land_checked(
+    con: duckdb.DuckDBPyConnection, source_file: str, landed_at: datetime, rows: StagedRows
+) -> IngestReport:
+    """Write ``__checked`` out, ingest ids in ``source_row`` order; runs inside the caller's
+    transaction."""
     contact_list = ", ".join(_CONTACT_COLUMNS)
     # Ids are drawn from the table's own sequence in file order, into a staging table, so the
     # report can state exactly which ids this file got.
@@ -274,22 +319,21 @@ def _land(con: duckdb.DuckDBPyConnection, source_file: str, landed_at: datetime)
         f"""
         INSERT INTO raw_contacts (ingest_id, source, source_file, source_row, received_at,
                                   landed_at, {contact_list})
-        SELECT ingest_id, source, $source_file, source_row, coalesce(received_parsed, $now),
-               $now, {contact_list}
+        SELECT ingest_id, source, $source_file, source_row, received_at, $now, {contact_list}
         FROM __landing
         ORDER BY ingest_id
         """,
         {"source_file": source_file, "now": landed_at},
     )
     con.execute(
-        """
+        f"""
         INSERT INTO quarantine (stage, source, source_file, source_row, partition_date, field,
                                 reason, original, quarantined_at)
         SELECT 'ingest', c.source, $source_file, c.source_row, NULL,
                CASE WHEN c.reason = $bad_date THEN c.received_field END,
-               c.reason, to_json(s), $now
+               c.reason, {rows.original}, $now
         FROM __checked AS c
-        JOIN __src AS s ON s.rowid + 1 = c.source_row
+        JOIN __src AS s ON {rows.source_row} = c.source_row
         WHERE c.reason IS NOT NULL
         ORDER BY c.source_row
         """,
@@ -330,14 +374,14 @@ def _report(
     )
 
 
-def _utc_naive(moment: datetime) -> datetime:
+def utc_naive(moment: datetime) -> datetime:
     """Warehouse timestamps are naive UTC; a naive ``now`` is taken to be UTC already."""
     if moment.tzinfo is None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def _ident(name: str) -> str:
+def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 

@@ -253,6 +253,31 @@ class HubSpotSettings(BaseModel):
         return value.strip().rstrip("/")
 
 
+class IntakeSettings(BaseModel):
+    """The intake service (``enrich-pipeline serve``)."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    intake_host: str = setting(
+        "ENRICH_INTAKE_HOST",
+        "127.0.0.1",
+        "address the intake service listens on; anything but loopback needs a token",
+    )
+    intake_port: int = setting(
+        "ENRICH_INTAKE_PORT", 8000, "port the intake service listens on", ge=1, le=65535
+    )
+    intake_journal_path: str = setting(
+        "ENRICH_INTAKE_JOURNAL_PATH",
+        "data/intake.sqlite3",
+        "durable journal of accepted leads (SQLite), landed from there into raw_contacts",
+    )
+    intake_token: SecretStr | None = setting(
+        "ENRICH_INTAKE_TOKEN",
+        None,
+        "bearer token callers of POST /v1/leads must send (secret); required off loopback",
+    )
+
+
 class SecretSettings(BaseModel):
     """Read only to know whether each is set; resources get them through ``EnvVar``."""
 
@@ -284,6 +309,7 @@ class Settings(
     FieldProfileSettings,
     HubSpotSettings,
     QualitySettings,
+    IntakeSettings,
     SandboxConfig,
 ):
     """All settings: ``Settings()`` reads the environment; unset or empty variables keep their

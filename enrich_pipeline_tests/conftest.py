@@ -4,10 +4,12 @@ folder, a quiet fast sandbox, and the sample CSV."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.settings import Settings, declared_settings, environment_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +42,11 @@ def _isolated_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 @pytest.fixture
 def settings() -> Settings:
     return Settings()
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[IntakeJournal]:
+    """An intake journal of the test's own."""
+    opened = IntakeJournal(tmp_path / "intake.sqlite3")
+    yield opened
+    opened.close()

@@ -181,6 +181,15 @@ CREATE TABLE IF NOT EXISTS job_changes (
     new_title           VARCHAR,
     detected_at         TIMESTAMP NOT NULL  -- when the refreshed profile was stored
 );
+
+-- How far each intake journal has been landed: its entries up to last_seq are in raw_contacts
+-- or quarantine. Written in the same transaction as those rows, so each entry lands once. The
+-- key makes a second mover landing the same journal at the same time fail instead of doubling.
+CREATE TABLE IF NOT EXISTS intake_progress (
+    journal_id  VARCHAR PRIMARY KEY,
+    last_seq    BIGINT NOT NULL,
+    updated_at  TIMESTAMP NOT NULL
+);
 """
 
 

@@ -1,0 +1,191 @@
+"""The intake service's HTTP API: ``POST /v1/leads`` and ``GET /healthz``.
+
+A 2xx means the leads are in the durable journal; landing them in the warehouse happens after
+the answer (``JournalMover``), so a Dagster run holding DuckDB never slows a caller down. Error
+answers name the lead and the field, never a value: they end up in callers' logs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
+from enrich_pipeline.intake.landing import lead_problem
+from enrich_pipeline.intake.mover import JournalMover
+
+MAX_BODY_BYTES = 1_000_000
+MAX_LEADS_PER_REQUEST = 1_000
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+DEFAULT_SOURCE = "api"
+
+access_log = logging.getLogger("enrich_pipeline.intake.access")
+
+
+class LeadsAccepted(BaseModel):
+    """What ``POST /v1/leads`` answers with 202."""
+
+    accepted: int
+    first_seq: int
+    last_seq: int
+    replayed: bool
+    status: str = "pending"
+
+
+class Problem(Exception):
+    """An answer other than 2xx, with a message safe to show (no lead values)."""
+
+    def __init__(self, status_code: int, detail: Any, headers: dict[str, str] | None = None):
+        super().__init__(str(detail))
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = headers
+
+
+def create_intake_app(journal: IntakeJournal, *, token: str | None, mover: JournalMover) -> FastAPI:
+    """The ASGI app. ``token``: the bearer token callers must send (None: no auth, loopback
+    only, which ``enrich-pipeline serve`` enforces). ``mover`` is started with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        mover.start()
+        try:
+            yield
+        finally:
+            mover.stop()
+
+    app = FastAPI(
+        title="enrich_pipeline intake",
+        summary="Leads in, enriched CRM records out: every accepted lead is durable first.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(Problem)
+    async def problem_answer(request: Request, exc: Problem) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.middleware("http")
+    async def log_access(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # One structured line per request: method, path, status and timing; never a body, a
+        # query string or a header value, which may carry personal data or the token.
+        started = time.perf_counter()
+        response = await call_next(request)
+        access_log.info(
+            json.dumps(
+                {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": response.status_code,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+            )
+        )
+        return response
+
+    @app.post("/v1/leads", status_code=202, response_model=LeadsAccepted)
+    async def post_leads(request: Request, response: Response) -> LeadsAccepted:
+        """Accept one lead (a JSON object) or up to 1,000 (an array), with the same field names
+        and aliases as CSV ingest. The answer comes once they are durable; they are landed,
+        enriched and written back afterwards. Send an ``Idempotency-Key`` to make a retry
+        safe: the same key lands once."""
+        _authorise(request, token)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise Problem(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars")
+        leads = _leads(await _body(request))
+        try:
+            accepted = await run_in_threadpool(
+                journal.append,
+                leads,
+                source=DEFAULT_SOURCE,
+                received_at=datetime.now(UTC).replace(tzinfo=None),
+                idempotency_key=key,
+            )
+        except IdempotencyConflict:
+            raise Problem(
+                422, "this Idempotency-Key was used before with a different body"
+            ) from None
+        if accepted.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            mover.wake()
+        return LeadsAccepted(
+            accepted=accepted.count,
+            first_seq=accepted.first_seq,
+            last_seq=accepted.last_seq,
+            replayed=accepted.replayed,
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness, and how far the journal has been landed in the warehouse."""
+        last_seq = await run_in_threadpool(journal.last_seq)
+        return {"status": "ok", "journal_last_seq": last_seq, **mover.status()}
+
+    return app
+
+
+def _authorise(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Constant time, so the answer's timing says nothing about how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Problem(
+            401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused with 413 past ``MAX_BODY_BYTES`` before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Problem(413, f"the body is over {MAX_BODY_BYTES:,} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Problem(413, f"the body is over {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _leads(body: bytes) -> list[dict[str, Any]]:
+    """The leads of a body that can land, or 422 naming every lead and field that cannot."""
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Problem(
+            422, f"malformed JSON: {type(exc).__name__} at position {_position(exc)}"
+        ) from None
+    leads = parsed if isinstance(parsed, list) else [parsed]
+    if not leads:
+        raise Problem(422, "no leads: send a lead object or a non-empty array of them")
+    if len(leads) > MAX_LEADS_PER_REQUEST:
+        raise Problem(422, f"at most {MAX_LEADS_PER_REQUEST:,} leads per request")
+    problems = [
+        {"lead": index, "problem": problem}
+        for index, lead in enumerate(leads)
+        if (problem := lead_problem(lead)) is not None
+    ]
+    if problems:
+        raise Problem(422, problems)
+    return leads
+
+
+def _position(exc: ValueError) -> int:
+    return getattr(exc, "pos", None) or getattr(exc, "start", 0)

@@ -1,0 +1,197 @@
+"""The intake journal: accepted leads, durable on disk before the client hears 2xx.
+
+SQLite in WAL mode with ``synchronous=FULL``: a commit has reached the disk when ``append``
+returns, and appending never waits for the warehouse. Sequence numbers come from
+``AUTOINCREMENT``, so they only grow and are never reused, which lets the mover keep a single
+watermark per journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# Long enough to ride out another process's commit, short enough to answer a client.
+_BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at  TEXT NOT NULL,  -- naive UTC, ISO 8601
+    source       TEXT NOT NULL,
+    lead         TEXT NOT NULL   -- JSON object
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key           TEXT PRIMARY KEY,
+    request_hash  TEXT NOT NULL,
+    first_seq     INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    first_seq: int  # journal sequence numbers given to this request's leads
+    last_seq: int
+    count: int
+    replayed: bool  # True: the Idempotency-Key was seen before; nothing new was written
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    seq: int
+    received_at: datetime  # naive UTC
+    source: str
+    lead: dict[str, Any]  # the lead exactly as accepted (JSON object)
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+class IntakeJournal:
+    """Thread-safe: one connection, serialised by a lock. Other processes may open the same
+    file; SQLite's locking (with a busy timeout) keeps them apart."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # Autocommit mode: transactions are begun explicitly, so each append is exactly one.
+        # timeout is SQLite's busy timeout: waiting out another process's write lock.
+        self._con = sqlite3.connect(
+            path,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._con.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL may lose the last commits on power loss; FULL syncs every commit.
+        self._con.execute("PRAGMA synchronous = FULL")
+        with self._write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._con.execute(statement)
+            # OR IGNORE: when two processes create the file at once, the first id stays.
+            self._con.execute(
+                "INSERT OR IGNORE INTO journal_meta (key, value) VALUES ('journal_id', ?)",
+                [uuid.uuid4().hex],
+            )
+            (self._journal_id,) = self._con.execute(
+                "SELECT value FROM journal_meta WHERE key = 'journal_id'"
+            ).fetchone()
+
+    @property
+    def journal_id(self) -> str:
+        return self._journal_id
+
+    def append(
+        self,
+        leads: Sequence[Mapping[str, Any]],
+        *,
+        source: str,
+        received_at: datetime,
+        idempotency_key: str | None = None,
+    ) -> Accepted:
+        """Write the leads of one request in one transaction; returns once it is durable.
+
+        With ``idempotency_key``, a request seen before under the same key returns its first
+        answer (``replayed=True``) and writes nothing; a different body under that key raises
+        ``IdempotencyConflict``."""
+        if not leads:
+            raise ValueError("a request must carry at least one lead")
+        texts = [json.dumps(dict(lead), ensure_ascii=False, allow_nan=False) for lead in leads]
+        if received_at.tzinfo is not None:
+            received_at = received_at.astimezone(UTC).replace(tzinfo=None)
+        request_hash = _request_hash(leads, source)
+        with self._write():
+            if idempotency_key is not None:
+                earlier = self._con.execute(
+                    "SELECT request_hash, first_seq, last_seq FROM idempotency_keys WHERE key = ?",
+                    [idempotency_key],
+                ).fetchone()
+                if earlier is not None:
+                    earlier_hash, first_seq, last_seq = earlier
+                    if earlier_hash != request_hash:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for a different request"
+                        )
+                    return Accepted(first_seq, last_seq, last_seq - first_seq + 1, replayed=True)
+            seqs = [
+                self._con.execute(
+                    "INSERT INTO entries (received_at, source, lead) VALUES (?, ?, ?)",
+                    [received_at.isoformat(), source, text],
+                ).lastrowid
+                for text in texts
+            ]
+            first_seq, last_seq = int(seqs[0] or 0), int(seqs[-1] or 0)
+            if idempotency_key is not None:
+                self._con.execute(
+                    "INSERT INTO idempotency_keys (key, request_hash, first_seq, last_seq) "
+                    "VALUES (?, ?, ?, ?)",
+                    [idempotency_key, request_hash, first_seq, last_seq],
+                )
+        return Accepted(first_seq, last_seq, len(seqs), replayed=False)
+
+    def read_after(self, seq: int, limit: int) -> list[JournalEntry]:
+        """Up to ``limit`` entries with a sequence number above ``seq``, in sequence order."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT seq, received_at, source, lead FROM entries WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                [seq, limit],
+            ).fetchall()
+        return [
+            JournalEntry(seq, datetime.fromisoformat(received), source, json.loads(lead))
+            for seq, received, source, lead in rows
+        ]
+
+    def last_seq(self) -> int:
+        """The highest sequence number given out; 0 when the journal is empty."""
+        with self._lock:
+            (last,) = self._con.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
+        return int(last)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, holding the lock; committed (and synced) on leaving it."""
+        with self._lock:
+            # IMMEDIATE takes the file's write lock up front, so a second process waits at
+            # BEGIN (busy timeout) instead of failing when a read would upgrade to a write.
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._con.execute("COMMIT")
+            except BaseException:
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise
+
+
+def _request_hash(leads: Sequence[Mapping[str, Any]], source: str) -> str:
+    """Hash of the request's canonical JSON: key order and spacing do not make it differ."""
+    canonical = json.dumps(
+        {"source": source, "leads": [dict(lead) for lead in leads]},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

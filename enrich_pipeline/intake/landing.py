@@ -1,0 +1,196 @@
+"""Move journal entries into ``raw_contacts``, in sequence order and exactly once.
+
+Each batch lands through the same mapping, trimming, date parsing and quarantine SQL as CSV
+ingest, and the journal's watermark in ``intake_progress`` moves in the same DuckDB
+transaction as the rows: a crash before the commit leaves the batch to the next call, a crash
+after it has already moved the watermark past the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from enrich_pipeline.column_mapping import ColumnMapping, map_columns
+from enrich_pipeline.ingest import (
+    ROW_IDENTIFYING,
+    StagedRows,
+    check_staged,
+    land_checked,
+    prepare_session,
+    quote_ident,
+    utc_naive,
+)
+from enrich_pipeline.intake.journal import IntakeJournal, JournalEntry
+from enrich_pipeline.warehouse.connection import connect, transaction
+
+log = logging.getLogger(__name__)
+
+# Staged next to the leads' own columns. Their header forms ("intakeseq", ...) are no alias,
+# so a lead key can never be mapped onto them.
+_INTAKE_ROWS = StagedRows(
+    source_row="s.__intake_seq",
+    fallback_source="s.__intake_source",
+    fallback_received="s.__intake_received",
+    original="CAST(s.__intake_lead AS JSON)",
+)
+# What ingest's __clean macro trims before deciding a value is blank.
+_PADDING = " \t\n\r\xa0"
+
+_NO_IDENTITY = (
+    "no identifying value: give one of "
+    + ", ".join(ROW_IDENTIFYING)
+    + " (or a CSV header spelling of one, such as 'Email' or 'Phone Number')"
+)
+
+# lead_problem is called from the HTTP app's worker threads; a DuckDB connection is not.
+_date_checker = threading.local()
+
+
+@dataclass(frozen=True)
+class LandingReport:
+    entries: int  # journal entries moved in this call
+    landed: int  # rows appended to raw_contacts
+    quarantined: int  # rows that went to quarantine instead (with reason)
+    last_seq: int  # the journal watermark after this call
+
+
+def lead_problem(lead: object) -> str | None:
+    """Why CSV ingest would quarantine this lead (a short message naming the field), or None
+    when it can land."""
+    if not isinstance(lead, Mapping):
+        return "a lead must be a JSON object"
+    for key, value in lead.items():
+        if isinstance(value, Mapping | list):
+            return f"{key!r} must be a string, number or null, not an object or list"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key!r} must be a finite number"
+    filled = {key: text for key, value in lead.items() if (text := _filled(_text(value)))}
+    mapping = map_columns(list(lead), require_identity=False)
+    if not any(h in filled for col in ROW_IDENTIFYING for h in mapping.columns.get(col, ())):
+        return _NO_IDENTITY
+    # Like ingest, only the first filled date field in priority order decides received_at.
+    date_key = next((h for h in mapping.columns.get("received_at", ()) if h in filled), None)
+    if date_key is not None and not _is_date(filled[date_key]):
+        return f"{date_key!r} is not a date we can read: {filled[date_key]!r}"
+    return None
+
+
+def land_from_journal(
+    journal: IntakeJournal,
+    warehouse_path: str | Path,
+    *,
+    limit: int = 5000,
+    now: datetime | None = None,
+    lock_timeout_s: float = 30.0,
+) -> LandingReport:
+    """Land up to ``limit`` entries past the journal's watermark and move the watermark, in one
+    transaction. Raises ``WarehouseBusy`` when another process holds the warehouse."""
+    landed_at = utc_naive(now or datetime.now(UTC))
+    source_file = f"intake:{journal.journal_id}"
+    with connect(warehouse_path, lock_timeout_s=lock_timeout_s) as con:
+        prepare_session(con)
+        # The watermark is read in the transaction that moves it: a second mover working at
+        # the same time fails on the intake_progress key instead of landing the batch again.
+        with transaction(con):
+            watermark = _watermark(con, journal.journal_id)
+            entries = journal.read_after(watermark, limit)
+            if not entries:
+                return LandingReport(entries=0, landed=0, quarantined=0, last_seq=watermark)
+            check_staged(con, _stage(con, entries), _INTAKE_ROWS)
+            report = land_checked(con, source_file, landed_at, _INTAKE_ROWS)
+            con.execute(
+                "INSERT INTO intake_progress (journal_id, last_seq, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (journal_id) DO UPDATE "
+                "SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
+                [journal.journal_id, entries[-1].seq, landed_at],
+            )
+    log.info(
+        "landed journal entries %d..%d: %d to raw_contacts, %d quarantined",
+        entries[0].seq,
+        entries[-1].seq,
+        report.accepted,
+        report.quarantined,
+    )
+    return LandingReport(
+        entries=len(entries),
+        landed=report.accepted,
+        quarantined=report.quarantined,
+        last_seq=entries[-1].seq,
+    )
+
+
+def _watermark(con: duckdb.DuckDBPyConnection, journal_id: str) -> int:
+    row = con.execute(
+        "SELECT last_seq FROM intake_progress WHERE journal_id = ?", [journal_id]
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _stage(con: duckdb.DuckDBPyConnection, entries: Sequence[JournalEntry]) -> ColumnMapping:
+    """Create ``__src``: per entry its seq, fallbacks, lead JSON and one text column per lead
+    key that feeds a warehouse column. Returns the keys' mapping."""
+    # DuckDB column names ignore case, so keys that differ only in case share a column.
+    spelling: dict[str, str] = {}
+    for entry in entries:
+        for key in entry.lead:
+            spelling.setdefault(key.casefold(), key)
+    mapping = map_columns(list(spelling.values()), require_identity=False)
+    columns: dict[str, list[str | None]] = {
+        header: [] for headers in mapping.columns.values() for header in headers
+    }
+    for entry in entries:
+        values: dict[str, str | None] = {}
+        for key, value in entry.lead.items():
+            header = spelling[key.casefold()]
+            if header in columns and not _filled(values.get(header)):
+                values[header] = _text(value)
+        for header, column in columns.items():
+            column.append(values.get(header))
+    params: dict[str, object] = {
+        "seq": [entry.seq for entry in entries],
+        "source": [entry.source for entry in entries],
+        "received": [entry.received_at for entry in entries],
+        "lead": [json.dumps(entry.lead, ensure_ascii=False) for entry in entries],
+    }
+    selects = [
+        "unnest(CAST($seq AS BIGINT[])) AS __intake_seq",
+        "unnest(CAST($source AS VARCHAR[])) AS __intake_source",
+        "unnest(CAST($received AS TIMESTAMP[])) AS __intake_received",
+        "unnest(CAST($lead AS VARCHAR[])) AS __intake_lead",
+    ]
+    for i, (header, column) in enumerate(columns.items()):
+        params[f"c{i}"] = column
+        selects.append(f"unnest(CAST($c{i} AS VARCHAR[])) AS {quote_ident(header)}")
+    con.execute(f"CREATE TEMP TABLE __src AS SELECT {', '.join(selects)}", params)
+    return mapping
+
+
+def _text(value: object) -> str | None:
+    """A lead value as the text a CSV cell would hold: numbers and booleans in JSON form."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _filled(text: str | None) -> str | None:
+    """The value ingest would land (padding trimmed), or None when it is blank."""
+    return (text or "").strip(_PADDING) or None
+
+
+def _is_date(text: str) -> bool:
+    """Parsed by ingest's own date macro, so the app refuses exactly what would quarantine."""
+    con: duckdb.DuckDBPyConnection | None = getattr(_date_checker, "con", None)
+    if con is None:
+        con = _date_checker.con = duckdb.connect()
+        prepare_session(con)
+    row = con.execute("SELECT __parse_received(?) IS NOT NULL", [text]).fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,99 @@
+"""Moves accepted leads from the journal into the warehouse, in the background.
+
+Woken as soon as a request is accepted, and every ``idle_s`` in any case (a lead accepted just
+before a restart is landed by the next process). Each batch is landed exactly once by
+``land_from_journal``; a warehouse held by a Dagster run only delays it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.landing import LandingReport, land_from_journal
+from enrich_pipeline.warehouse.connection import WarehouseBusy
+
+log = logging.getLogger(__name__)
+
+# Short enough that a request is never blocked waiting on it: a busy warehouse is simply tried
+# again on the next wake.
+LOCK_WAIT_S = 2.0
+
+
+class JournalMover:
+    def __init__(
+        self,
+        journal: IntakeJournal,
+        warehouse_path: str | Path,
+        *,
+        idle_s: float = 1.0,
+        on_landed: Callable[[LandingReport], None] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._on_landed = on_landed
+        self._warehouse_path = warehouse_path
+        self._idle_s = idle_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._landed_through = 0
+        self._last_error: str | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        # Whatever an earlier process accepted but did not land goes first.
+        self._wake.set()
+        self._thread = threading.Thread(target=self._run, name="journal-mover", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        return {"landed_through_seq": self._landed_through, "landing_error": self._last_error}
+
+    def land_pending(self) -> int:
+        """Land everything the journal holds now; returns how many entries were landed."""
+        moved = 0
+        while True:
+            report: LandingReport = land_from_journal(
+                self._journal, self._warehouse_path, lock_timeout_s=LOCK_WAIT_S
+            )
+            self._landed_through = report.last_seq
+            moved += report.entries
+            if report.entries == 0:
+                return moved
+            log.info(
+                "landed %d leads from the journal (%d to raw_contacts, %d quarantined)",
+                report.entries,
+                report.landed,
+                report.quarantined,
+            )
+            if self._on_landed is not None:
+                self._on_landed(report)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._idle_s)
+            self._wake.clear()
+            try:
+                self.land_pending()
+                self._last_error = None
+            except WarehouseBusy as exc:
+                self._last_error = str(exc)
+                log.info("warehouse busy, leads wait in the journal: %s", exc)
+            except Exception as exc:
+                # The leads are safe in the journal; say why they wait and try again later.
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("landing from the journal failed; the leads stay in the journal")

@@ -1,0 +1,156 @@
+"""``enrich-pipeline serve`` as a real process: it refuses to listen off loopback without a
+token, a ``kill -9`` in the middle of a stream of leads loses no acknowledged lead and, with
+clients retrying under their Idempotency-Key, lands none twice; and what it lands shows on
+``raw_contacts`` in Dagster."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from enrich_pipeline.cli import main
+from enrich_pipeline.dagster_layer.landing_events import report_landing
+from enrich_pipeline.intake.landing import LandingReport
+from enrich_pipeline.settings import Settings, environment_for
+from enrich_pipeline_tests.conftest import REPO
+
+TOKEN = "intake-secret-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LEADS = 200
+KILL_AFTER = 60
+# How long a started service may take to answer /healthz, and landing to catch up.
+READY_S = 60.0
+
+
+def test_listening_off_loopback_without_a_token_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "ENRICH_INTAKE_TOKEN" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(env: dict[str, str], base_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "enrich_pipeline.cli", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_until(base_url, lambda health: True)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_until(base_url: str, done: Callable[[dict[str, Any]], bool]) -> None:
+    """Polls /healthz until ``done(health)``: the service's own readiness, not a guessed sleep."""
+    deadline = time.monotonic() + READY_S
+    with httpx.Client(base_url=base_url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            try:
+                if done(client.get("/healthz").json()):
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.05)
+    raise AssertionError("the intake service did not get there in time")
+
+
+def _post(base_url: str, i: int) -> bool:
+    lead = {"email": f"lead{i}@stream.example", "first_name": f"Lead{i}"}
+    try:
+        answer = httpx.post(
+            f"{base_url}/v1/leads",
+            json=lead,
+            headers={**AUTH, "Idempotency-Key": f"lead-{i}"},
+            timeout=10,
+        )
+    except httpx.TransportError:
+        return False
+    return answer.status_code == 202
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
+    tmp_path: Path, settings: Settings
+) -> None:
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        **environment_for(
+            intake_port=port,
+            intake_journal_path=tmp_path / "intake.sqlite3",
+            intake_token=TOKEN,
+        ),
+    }
+    acknowledged: set[int] = set()
+    enough = threading.Event()
+    lock = threading.Lock()
+
+    def send(i: int) -> None:
+        if _post(base_url, i):
+            with lock:
+                acknowledged.add(i)
+                if len(acknowledged) >= KILL_AFTER:
+                    enough.set()
+
+    with serving(env, base_url) as service, ThreadPoolExecutor(8) as pool:
+        sent = [pool.submit(send, i) for i in range(LEADS)]
+        assert enough.wait(READY_S)
+        service.kill()  # SIGKILL: no shutdown, no flush, mid-request for some
+        for future in sent:
+            future.result()
+    assert KILL_AFTER <= len(acknowledged) < LEADS
+
+    # Clients retry what was never acknowledged, under the same key.
+    with serving(env, base_url):
+        for i in sorted(set(range(LEADS)) - acknowledged):
+            assert _post(base_url, i)
+        _wait_until(
+            base_url, lambda health: health["landed_through_seq"] == health["journal_last_seq"]
+        )
+
+    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+        rows = con.execute("SELECT email FROM raw_contacts").fetchall()
+    emails = Counter(email for (email,) in rows)
+    assert set(emails) == {f"lead{i}@stream.example" for i in range(LEADS)}
+    assert max(emails.values()) == 1, "a lead landed twice"
+
+
+def test_intake_landings_show_on_raw_contacts_in_the_dagster_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    report_landing(LandingReport(entries=3, landed=2, quarantined=1, last_seq=41), "intake")
+    with DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(AssetKey("raw_contacts"))
+    assert event is not None and event.asset_materialization is not None
+    shown = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert shown == {"source": "intake", "landed": 2, "quarantined": 1, "journal_seq": 41}
