@@ -276,6 +276,16 @@ class IntakeSettings(BaseModel):
         None,
         "bearer token callers of POST /v1/leads must send (secret); required off loopback",
     )
+    webhook_secret: SecretStr | None = setting(
+        "ENRICH_WEBHOOK_SECRET",
+        None,
+        "Standard Webhooks signing secret (whsec_...) for POST /v1/webhooks/generic (secret)",
+    )
+    hubspot_client_secret: SecretStr | None = setting(
+        "HUBSPOT_CLIENT_SECRET",
+        None,
+        "the HubSpot app's client secret, verifying POST /v1/webhooks/hubspot (secret)",
+    )
 
 
 class SecretSettings(BaseModel):

@@ -13,9 +13,10 @@ import duckdb
 import httpx
 import pytest
 
-from enrich_pipeline.intake.app import MAX_BODY_BYTES, create_intake_app
+from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
+from enrich_pipeline.intake.requests import MAX_BODY_BYTES
 from enrich_pipeline.settings import Settings
 
 pytestmark = pytest.mark.anyio

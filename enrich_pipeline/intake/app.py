@@ -11,22 +11,20 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
-from enrich_pipeline.intake.landing import lead_problem
 from enrich_pipeline.intake.mover import JournalMover
+from enrich_pipeline.intake.requests import Problem, parse_json, read_body, validated_leads
 
-MAX_BODY_BYTES = 1_000_000
-MAX_LEADS_PER_REQUEST = 1_000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 DEFAULT_SOURCE = "api"
 
@@ -43,26 +41,38 @@ class LeadsAccepted(BaseModel):
     status: str = "pending"
 
 
-class Problem(Exception):
-    """An answer other than 2xx, with a message safe to show (no lead values)."""
+class Receiver(Protocol):
+    """Another way in (a webhook): its routes, and any background work it starts and stops
+    with the app."""
 
-    def __init__(self, status_code: int, detail: Any, headers: dict[str, str] | None = None):
-        super().__init__(str(detail))
-        self.status_code = status_code
-        self.detail = detail
-        self.headers = headers
+    router: APIRouter
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
-def create_intake_app(journal: IntakeJournal, *, token: str | None, mover: JournalMover) -> FastAPI:
-    """The ASGI app. ``token``: the bearer token callers must send (None: no auth, loopback
-    only, which ``enrich-pipeline serve`` enforces). ``mover`` is started with the app."""
+def create_intake_app(
+    journal: IntakeJournal,
+    *,
+    token: str | None,
+    mover: JournalMover,
+    receivers: Sequence[Receiver] = (),
+) -> FastAPI:
+    """The ASGI app. ``token``: the bearer token callers of ``/v1/leads`` must send (None: no
+    auth, loopback only, which ``enrich-pipeline serve`` enforces). ``mover`` and the
+    receivers' background work run while the app does."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mover.start()
+        for receiver in receivers:
+            receiver.start()
         try:
             yield
         finally:
+            for receiver in receivers:
+                receiver.stop()
             mover.stop()
 
     app = FastAPI(
@@ -70,6 +80,9 @@ def create_intake_app(journal: IntakeJournal, *, token: str | None, mover: Journ
         summary="Leads in, enriched CRM records out: every accepted lead is durable first.",
         lifespan=lifespan,
     )
+
+    for receiver in receivers:
+        app.include_router(receiver.router)
 
     @app.exception_handler(Problem)
     async def problem_answer(request: Request, exc: Problem) -> JSONResponse:
@@ -105,7 +118,7 @@ def create_intake_app(journal: IntakeJournal, *, token: str | None, mover: Journ
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise Problem(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars")
-        leads = _leads(await _body(request))
+        leads = validated_leads(parse_json(await read_body(request)))
         try:
             accepted = await run_in_threadpool(
                 journal.append,
@@ -147,45 +160,3 @@ def _authorise(request: Request, token: str | None) -> None:
         raise Problem(
             401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
-
-
-async def _body(request: Request) -> bytes:
-    """The request body, refused with 413 past ``MAX_BODY_BYTES`` before it is all read."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Problem(413, f"the body is over {MAX_BODY_BYTES:,} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise Problem(413, f"the body is over {MAX_BODY_BYTES:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _leads(body: bytes) -> list[dict[str, Any]]:
-    """The leads of a body that can land, or 422 naming every lead and field that cannot."""
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Problem(
-            422, f"malformed JSON: {type(exc).__name__} at position {_position(exc)}"
-        ) from None
-    leads = parsed if isinstance(parsed, list) else [parsed]
-    if not leads:
-        raise Problem(422, "no leads: send a lead object or a non-empty array of them")
-    if len(leads) > MAX_LEADS_PER_REQUEST:
-        raise Problem(422, f"at most {MAX_LEADS_PER_REQUEST:,} leads per request")
-    problems = [
-        {"lead": index, "problem": problem}
-        for index, lead in enumerate(leads)
-        if (problem := lead_problem(lead)) is not None
-    ]
-    if problems:
-        raise Problem(422, problems)
-    return leads
-
-
-def _position(exc: ValueError) -> int:
-    return getattr(exc, "pos", None) or getattr(exc, "start", 0)
