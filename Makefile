@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev serve lint format bench bench-local bench-latency clean
+.PHONY: demo test dev serve lint format bench bench-local bench-latency bench-intake clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-local: $(BIN)/.installed
 
 bench-latency: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.bench_latency
+
+bench-intake: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.bench_intake
 
 clean:
 	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/exports \
