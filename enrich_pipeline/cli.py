@@ -41,11 +41,12 @@ def _serve(args: argparse.Namespace) -> int:
     from enrich_pipeline.intake.app import create_intake_app
     from enrich_pipeline.intake.journal import IntakeJournal
     from enrich_pipeline.intake.mover import JournalMover
+    from enrich_pipeline.intake.standard_webhooks import StandardWebhookReceiver
 
     settings = Settings.from_env()
     host = args.host or settings.intake_host
     port = args.port or settings.intake_port
-    token = settings.intake_token.get_secret_value() if settings.is_set("intake_token") else None
+    token = _secret(settings, "intake_token")
     if token is None and not _is_loopback(host):
         raise SettingError(
             f"refusing to listen on {host} without a token: set "
@@ -57,11 +58,21 @@ def _serve(args: argparse.Namespace) -> int:
         settings.warehouse_path,
         on_landed=lambda report: report_landing(report, source="intake"),
     )
-    app = create_intake_app(journal, token=token, mover=mover)
+    receivers = [
+        StandardWebhookReceiver(
+            journal, secret=_secret(settings, "webhook_secret"), wake=mover.wake
+        )
+    ]
+    app = create_intake_app(journal, token=token, mover=mover, receivers=receivers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(f"Intake listening on http://{host}:{port}: POST /v1/leads, API docs at /docs")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
     return 0
+
+
+def _secret(settings: Settings, name: str) -> str | None:
+    value = getattr(settings, name)
+    return value.get_secret_value() if settings.is_set(name) else None
 
 
 def _is_loopback(host: str) -> bool:

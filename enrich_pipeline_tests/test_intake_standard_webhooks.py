@@ -234,3 +234,11 @@ async def test_the_secret_never_appears_in_an_answer(
     for answer in answers:
         assert secret_bytes not in answer.text
         assert all(secret_bytes not in value for value in answer.headers.values())
+
+
+async def test_a_body_over_one_megabyte_is_refused_before_it_is_verified(
+    client: httpx.AsyncClient, journal: IntakeJournal
+) -> None:
+    answer = await client.post(URL, **signed([{**ADA, "Notes": "x" * 1000}] * 1000))
+    assert answer.status_code == 413
+    assert journal.last_seq() == 0

@@ -1,4 +1,5 @@
-"""HubSpot contact write-back: batch upserts by email, paced to HubSpot's rate limit.
+"""HubSpot contact write-back: batch upserts by email, paced to HubSpot's rate limit; and
+reading contacts back by id (for the intake's HubSpot webhooks).
 
 What was last sent (change tracking) lives in the warehouse; this module sends the records it is
 given and says, per record, what HubSpot did with each. A record that failed is reported, never
@@ -31,10 +32,12 @@ from enrich_pipeline.settings_base import env_name
 
 TOKEN_SETTING = env_name(SecretSettings, "hubspot_access_token")
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
+READ_PATH = "/crm/v3/objects/contacts/batch/read"
 MAX_BATCH_SIZE = 100
 RATE_WINDOW_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
 WRITE_SCOPE = "crm.objects.contacts.write"
+READ_SCOPE = "crm.objects.contacts.read"
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +45,17 @@ logger = logging.getLogger(__name__)
 class HubSpotAuthError(Exception):
     """401 (token missing or wrong) or 403 (token lacks the scope); never retried."""
 
-    def __init__(self, status_code: int, hubspot_message: str | None) -> None:
+    def __init__(
+        self, status_code: int, hubspot_message: str | None, *, scope: str = WRITE_SCOPE
+    ) -> None:
         self.status_code = status_code
         if status_code == 401:
             problem = f"HubSpot rejected the access token (HTTP 401): {TOKEN_SETTING} is wrong"
         else:
+            action = "write" if scope == WRITE_SCOPE else "read"
             problem = (
-                f"HubSpot refused the write (HTTP {status_code}): the private app token in "
-                f"{TOKEN_SETTING} needs the {WRITE_SCOPE} scope"
+                f"HubSpot refused the {action} (HTTP {status_code}): the private app token in "
+                f"{TOKEN_SETTING} needs the {scope} scope"
             )
         detail = f"; HubSpot says: {hubspot_message}" if hubspot_message else ""
         super().__init__(f"{problem}{detail}")
@@ -209,6 +215,38 @@ class HubSpotClient:
             self.stats.throttle_waits - before.throttle_waits,
         )
         return outcomes
+
+    async def read_contacts(
+        self, ids: Sequence[str], properties: Sequence[str]
+    ) -> dict[str, dict[str, str | None]]:
+        """The current ``properties`` of each contact by HubSpot id, at most 100 ids per call.
+
+        Ids HubSpot does not hold (deleted, merged away) are simply absent. 429, 5xx and network
+        failures are retried (bounded), then raised as ``httpx.HTTPStatusError`` or
+        ``httpx.TransportError``; nothing read by earlier calls is returned then, so callers
+        wanting progress pass 100 ids at a time. Raises ``HubSpotAuthError`` at a 401/403.
+        """
+        unique = list(dict.fromkeys(ids))
+        found: dict[str, dict[str, str | None]] = {}
+        for start in range(0, len(unique), MAX_BATCH_SIZE):
+            inputs = [{"id": contact_id} for contact_id in unique[start : start + MAX_BATCH_SIZE]]
+            response = await self._http.post(
+                READ_PATH, json={"inputs": inputs, "properties": list(properties)}
+            )
+            body = _json_object(response)
+            if response.status_code in (401, 403):
+                message = _redact(body.get("message"), self._token)
+                raise HubSpotAuthError(response.status_code, message, scope=READ_SCOPE)
+            # A 207 (some ids not found) is a success: those ids are just not in the results.
+            response.raise_for_status()
+            for result in _objects(body.get("results")):
+                values = result.get("properties")
+                if isinstance(values, Mapping):
+                    found[str(result.get("id"))] = {
+                        name: None if value is None else str(value)
+                        for name, value in values.items()
+                    }
+        return found
 
 
 def _sendable_properties(record: Mapping[str, str | None]) -> dict[str, str]:

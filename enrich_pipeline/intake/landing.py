@@ -80,7 +80,7 @@ def lead_problem(lead: object) -> str | None:
     # Like ingest, only the first filled date field in priority order decides received_at.
     date_key = next((h for h in mapping.columns.get("received_at", ()) if h in filled), None)
     if date_key is not None and not _is_date(filled[date_key]):
-        return f"{date_key!r} is not a date we can read: {filled[date_key]!r}"
+        return f"{date_key!r} is not a date we can read"
     return None
 
 

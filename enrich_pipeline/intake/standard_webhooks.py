@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from enrich_pipeline.intake.app import LeadsAccepted
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
 from enrich_pipeline.intake.requests import Problem, parse_json, read_body, validated_leads
-from enrich_pipeline.settings import IntakeSettings
+from enrich_pipeline.settings import IntakeSettings, SettingError
 from enrich_pipeline.settings_base import env_name
 
 SOURCE = "webhook"
@@ -103,7 +103,7 @@ def _webhook(secret: str) -> Webhook:
     try:
         return Webhook(secret)
     except (ValueError, EmptyWebhookSecretError):
-        raise ValueError(
+        raise SettingError(
             f"{env_name(IntakeSettings, 'webhook_secret')} is not a Standard Webhooks secret "
             "(whsec_ followed by base64)"
         ) from None
