@@ -53,4 +53,4 @@ bench-intake: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/exports \
-		data/intake.sqlite3*
+		data/intake.sqlite3* data/hubspot_events.sqlite3*

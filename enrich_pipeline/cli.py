@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from enrich_pipeline.ingest import IngestError, ingest_file
 from enrich_pipeline.settings import IntakeSettings, SettingError, Settings
@@ -38,7 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from enrich_pipeline.dagster_layer.landing_events import report_landing
+    from enrich_pipeline.destinations.hubspot import HubSpotClient
     from enrich_pipeline.intake.app import create_intake_app
+    from enrich_pipeline.intake.hubspot_webhooks import HubSpotWebhookReceiver
     from enrich_pipeline.intake.journal import IntakeJournal
     from enrich_pipeline.intake.mover import JournalMover
     from enrich_pipeline.intake.standard_webhooks import StandardWebhookReceiver
@@ -58,10 +61,21 @@ def _serve(args: argparse.Namespace) -> int:
         settings.warehouse_path,
         on_landed=lambda report: report_landing(report, source="intake"),
     )
+    hubspot_token = _secret(settings, "hubspot_access_token")
     receivers = [
         StandardWebhookReceiver(
             journal, secret=_secret(settings, "webhook_secret"), wake=mover.wake
-        )
+        ),
+        HubSpotWebhookReceiver(
+            journal,
+            client_secret=_secret(settings, "hubspot_client_secret"),
+            # Received events wait beside the journal until their contacts are read back.
+            events_path=Path(settings.intake_journal_path).with_name("hubspot_events.sqlite3"),
+            hubspot=None
+            if hubspot_token is None
+            else lambda: HubSpotClient(token=hubspot_token, base_url=settings.hubspot_base_url),
+            wake=mover.wake,
+        ),
     ]
     app = create_intake_app(journal, token=token, mover=mover, receivers=receivers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

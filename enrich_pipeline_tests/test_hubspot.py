@@ -341,3 +341,57 @@ def test_records_hubspot_cannot_upsert_are_refused_before_any_request(
         upsert(router, records)
 
     assert route.call_count == 0
+
+
+# --- reading contacts back -----------------------------------------------------------------------
+
+READ_PATH = "/crm/v3/objects/contacts/batch/read"
+
+
+def read(
+    router: respx.MockRouter, ids: Sequence[str], properties: Sequence[str] = ("email",)
+) -> dict[str, dict[str, str | None]]:
+    async def go() -> dict[str, dict[str, str | None]]:
+        async with client(router, FakeTime(), max_attempts=2) as hubspot:
+            return await hubspot.read_contacts(ids, properties)
+
+    return asyncio.run(go())
+
+
+def test_read_contacts_asks_100_ids_per_call_and_leaves_out_the_ids_hubspot_lacks() -> None:
+    router = mock_router()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked = [item["id"] for item in inputs_of(request)]
+        # Odd ids no longer exist: a 207 naming them, as HubSpot does for a partial batch read.
+        results = [
+            {"id": i, "properties": {"email": f"p{i}@acme.com", "firstname": None}}
+            for i in asked
+            if int(i) % 2 == 0
+        ]
+        return httpx.Response(207, json={"status": "COMPLETE", "results": results})
+
+    route = router.post(READ_PATH).mock(side_effect=answer)
+
+    found = read(router, [str(i) for i in range(250)] + ["0"], ["email", "firstname"])
+
+    bodies = [json.loads(call.request.content) for call in route.calls]
+    assert [len(body["inputs"]) for body in bodies] == [100, 100, 50]
+    assert {tuple(body["properties"]) for body in bodies} == {("email", "firstname")}
+    assert set(found) == {str(i) for i in range(0, 250, 2)}
+    assert found["4"] == {"email": "p4@acme.com", "firstname": None}
+
+
+def test_read_contacts_raises_once_retries_are_used_up_and_names_the_read_scope() -> None:
+    router = mock_router()
+    route = router.post(READ_PATH).respond(503, json={"message": "Service Unavailable"})
+    with pytest.raises(httpx.HTTPStatusError):
+        read(router, ["1"])
+    assert route.call_count == 2
+
+    router = mock_router()
+    router.post(READ_PATH).respond(403, json={"message": f"token {TOKEN} lacks scopes"})
+    with pytest.raises(HubSpotAuthError) as raised:
+        read(router, ["1"])
+    assert "crm.objects.contacts.read" in str(raised.value)
+    assert TOKEN_SETTING in str(raised.value) and TOKEN not in str(raised.value)

@@ -8,13 +8,13 @@ before a restart is landed by the next process). Each batch is landed exactly on
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import LandingReport, land_from_journal
+from enrich_pipeline.intake.worker import BackgroundWorker
 from enrich_pipeline.warehouse.connection import WarehouseBusy
 
 log = logging.getLogger(__name__)
@@ -36,29 +36,18 @@ class JournalMover:
         self._journal = journal
         self._on_landed = on_landed
         self._warehouse_path = warehouse_path
-        self._idle_s = idle_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundWorker("journal-mover", self._pass, idle_s=idle_s)
         self._landed_through = 0
         self._last_error: str | None = None
 
     def start(self) -> None:
-        self._stop.clear()
-        # Whatever an earlier process accepted but did not land goes first.
-        self._wake.set()
-        self._thread = threading.Thread(target=self._run, name="journal-mover", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._worker.stop()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._worker.wake()
 
     def status(self) -> dict[str, Any]:
         return {"landed_through_seq": self._landed_through, "landing_error": self._last_error}
@@ -83,17 +72,14 @@ class JournalMover:
             if self._on_landed is not None:
                 self._on_landed(report)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._idle_s)
-            self._wake.clear()
-            try:
-                self.land_pending()
-                self._last_error = None
-            except WarehouseBusy as exc:
-                self._last_error = str(exc)
-                log.info("warehouse busy, leads wait in the journal: %s", exc)
-            except Exception as exc:
-                # The leads are safe in the journal; say why they wait and try again later.
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("landing from the journal failed; the leads stay in the journal")
+    def _pass(self) -> None:
+        try:
+            self.land_pending()
+            self._last_error = None
+        except WarehouseBusy as exc:
+            self._last_error = str(exc)
+            log.info("warehouse busy, leads wait in the journal: %s", exc)
+        except Exception as exc:
+            # The leads are safe in the journal; say why they wait and try again later.
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("landing from the journal failed; the leads stay in the journal")
