@@ -206,6 +206,7 @@ def measure(seconds: float, rate: int) -> list[Result]:
     ) as url:
         results.append(asyncio.run(closed_loop(url, "bare endpoint", seconds, 1)))
         results.append(asyncio.run(open_loop(url, "bare endpoint", rate, seconds)))
+        results.append(asyncio.run(closed_loop(url, "bare endpoint", seconds, 100)))
     for held in (False, True):
         port = _free_port()
         warehouse = work / f"warehouse-{held}.duckdb"
@@ -253,7 +254,9 @@ def report(results: list[Result]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario (10)")
-    parser.add_argument("--rate", type=int, default=500, help="open-loop leads per second (500)")
+    # This Python client keeps up with about 450 requests a second on two cores, beside the
+    # server; asked for more it measures its own backlog, not the server.
+    parser.add_argument("--rate", type=int, default=200, help="open-loop leads per second (200)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     results = measure(args.seconds, args.rate)
