@@ -18,6 +18,8 @@ from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.intake.requests import MAX_BODY_BYTES
 from enrich_pipeline.settings import Settings
+from enrich_pipeline.warehouse.connection import WarehouseBusy
+from enrich_pipeline_tests.helpers import held_by_another_process, release
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +171,18 @@ async def test_the_api_is_documented_for_integrators(client: httpx.AsyncClient) 
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/leads" in spec["paths"] and "/healthz" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
+
+
+@pytest.mark.slow
+async def test_leads_are_accepted_while_a_run_holds_the_warehouse(
+    client: httpx.AsyncClient, journal: IntakeJournal, mover: JournalMover, settings: Settings
+) -> None:
+    mover.land_pending()  # creates the warehouse, as the first run would
+    with held_by_another_process(Path(settings.warehouse_path)) as holder:
+        answer = await client.post("/v1/leads", json=ADA, headers=AUTH)
+        assert answer.status_code == 202
+        with pytest.raises(WarehouseBusy):
+            mover.land_pending()
+        release(holder)
+    assert mover.land_pending() == 1
+    assert landed(settings) == [("ada@analytical-engines.io", "Ada", "AE", "api")]

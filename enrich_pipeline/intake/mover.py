@@ -63,12 +63,6 @@ class JournalMover:
             moved += report.entries
             if report.entries == 0:
                 return moved
-            log.info(
-                "landed %d leads from the journal (%d to raw_contacts, %d quarantined)",
-                report.entries,
-                report.landed,
-                report.quarantined,
-            )
             if self._on_landed is not None:
                 self._on_landed(report)
 
@@ -76,10 +70,11 @@ class JournalMover:
         try:
             self.land_pending()
             self._last_error = None
+        # /healthz answers anyone: it says why leads wait, the log says the details.
         except WarehouseBusy as exc:
-            self._last_error = str(exc)
+            self._last_error = "the warehouse is held by another process"
             log.info("warehouse busy, leads wait in the journal: %s", exc)
         except Exception as exc:
             # The leads are safe in the journal; say why they wait and try again later.
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._last_error = f"landing failed ({type(exc).__name__}); see the service's log"
             log.exception("landing from the journal failed; the leads stay in the journal")
