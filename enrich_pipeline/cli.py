@@ -39,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from enrich_pipeline.dagster_layer.landing_events import report_landing
+    from enrich_pipeline.dagster_layer.write_back import WriteBack
     from enrich_pipeline.destinations.hubspot import HubSpotClient
     from enrich_pipeline.intake.app import create_intake_app
     from enrich_pipeline.intake.hubspot_webhooks import HubSpotWebhookReceiver
@@ -60,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         journal,
         settings.warehouse_path,
         on_landed=lambda report: report_landing(report, source="intake"),
+        then=WriteBack.from_settings(settings).catch_up,
     )
     hubspot_token = _secret(settings, "hubspot_access_token")
     receivers = [

@@ -8,16 +8,20 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.sandbox import SandboxConfig, create_app
 from enrich_pipeline.settings import Settings
+from enrich_pipeline_tests.conftest import REPO
 
 # The four assets a run materialises (raw_contacts is landed outside Dagster).
 ASSET_KEYS = ["clean_contacts", "enriched_persons", "enriched_companies", "crm_exports"]
@@ -67,7 +71,7 @@ def metadata_of(result: ExecuteInProcessResult, asset: str) -> dict[str, object]
     return {k: v.value for k, v in events[0].metadata.items()}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -80,7 +84,7 @@ def sandbox_over_http(config: SandboxConfig) -> Iterator[str]:
         uvicorn.Config(
             create_app(config),
             host="127.0.0.1",
-            port=_free_port(),
+            port=free_port(),
             log_level="warning",
             access_log=False,
         )
@@ -161,3 +165,40 @@ class FakeTime:
         wake_at = self.now + seconds
         await asyncio.sleep(0)
         self.now = max(self.now, wake_at)
+
+
+# How long a started intake service may take to answer /healthz, or landing to catch up.
+READY_S = 60.0
+
+
+@contextmanager
+def serving(env: dict[str, str], base_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`enrich-pipeline serve` as its own process, configured by ``env``, once it answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "enrich_pipeline.cli", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_health(base_url, lambda health: True)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_for_health(base_url: str, done: Callable[[dict[str, Any]], bool]) -> None:
+    """Polls /healthz until ``done(health)``: the service's own readiness, not a guessed sleep."""
+    deadline = time.monotonic() + READY_S
+    with httpx.Client(base_url=base_url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            try:
+                if done(client.get("/healthz").json()):
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.05)
+    raise AssertionError("the intake service did not get there in time")

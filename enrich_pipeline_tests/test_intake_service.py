@@ -6,17 +6,10 @@ clients retrying under their Idempotency-Key, lands none twice; and what it land
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import httpx
@@ -27,14 +20,12 @@ from enrich_pipeline.cli import main
 from enrich_pipeline.dagster_layer.landing_events import report_landing
 from enrich_pipeline.intake.landing import LandingReport
 from enrich_pipeline.settings import Settings, environment_for
-from enrich_pipeline_tests.conftest import REPO
+from enrich_pipeline_tests.helpers import READY_S, free_port, serving, wait_for_health
 
 TOKEN = "intake-secret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEADS = 200
 KILL_AFTER = 60
-# How long a started service may take to answer /healthz, and landing to catch up.
-READY_S = 60.0
 
 
 def test_listening_off_loopback_without_a_token_is_refused(
@@ -42,44 +33,6 @@ def test_listening_off_loopback_without_a_token_is_refused(
 ) -> None:
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "ENRICH_INTAKE_TOKEN" in capsys.readouterr().err
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serving(env: dict[str, str], base_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "enrich_pipeline.cli", "serve"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_until(base_url, lambda health: True)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(timeout=30)
-
-
-def _wait_until(base_url: str, done: Callable[[dict[str, Any]], bool]) -> None:
-    """Polls /healthz until ``done(health)``: the service's own readiness, not a guessed sleep."""
-    deadline = time.monotonic() + READY_S
-    with httpx.Client(base_url=base_url, timeout=2) as client:
-        while time.monotonic() < deadline:
-            try:
-                if done(client.get("/healthz").json()):
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.05)
-    raise AssertionError("the intake service did not get there in time")
 
 
 def _post(base_url: str, i: int) -> bool:
@@ -100,7 +53,7 @@ def _post(base_url: str, i: int) -> bool:
 def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
     tmp_path: Path, settings: Settings
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -133,7 +86,7 @@ def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
     with serving(env, base_url):
         for i in sorted(set(range(LEADS)) - acknowledged):
             assert _post(base_url, i)
-        _wait_until(
+        wait_for_health(
             base_url, lambda health: health["landed_through_seq"] == health["journal_last_seq"]
         )
 

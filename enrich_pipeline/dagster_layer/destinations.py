@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,11 @@ from dagster import Failure, MetadataValue
 from pydantic import Field
 
 from enrich_pipeline.clock import utc_now
-from enrich_pipeline.dagster_layer.resources import SettingsResource, WarehouseResource
+from enrich_pipeline.dagster_layer.resources import (
+    PipelineResource,
+    SettingsResource,
+    WarehouseResource,
+)
 from enrich_pipeline.destinations.files import export_paths, write_crm_files
 from enrich_pipeline.destinations.hubspot import (
     TOKEN_SETTING,
@@ -83,6 +87,32 @@ def _failures_markdown(failures: list[tuple[str, str]], total: int) -> str:
     if total > len(failures):
         lines.append(f"\n{len(failures)} of {total} failures shown.")
     return "\n".join(lines)
+
+
+def deliver_to_each(
+    destinations: Mapping[str, FileDestination | HubSpotDestination],
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    logger: logging.Logger,
+) -> tuple[dict[str, Any], list[str]]:
+    """Deliver to every destination ``pipeline`` names: the metadata of each, and a line per
+    destination that failed. Every destination gets its turn even when another fails (a HubSpot
+    outage must not hold back the files); the caller fails afterwards, naming each."""
+    metadata: dict[str, Any] = {}
+    failed: list[str] = []
+    for name in pipeline.crm_destinations:
+        if name not in destinations:
+            failed.append(f"{name}: unknown destination; choose from {', '.join(destinations)}")
+            continue
+        try:
+            report = destinations[name].deliver(warehouse, pipeline.export_columns, logger)
+        except Failure as exc:
+            logger.error(f"{name}: {exc.description}")
+            failed.append(f"{name}: {exc.description}")
+            metadata.update(exc.metadata)
+            continue
+        metadata.update(report.metadata(name))
+    return metadata, failed
 
 
 class FileDestination(SettingsResource, FileExportSettings):

@@ -3,11 +3,12 @@ look-ups for the window's stale records of one kind, writes results per chunk on
 connection, and reports the cost."""
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 from dagster import (
@@ -82,6 +83,61 @@ def enrichment_asset(
     return enrich_window
 
 
+@dataclass
+class WindowEnrichment:
+    """One kind of enrichment over a window of days: what was stale, what came back, what it
+    cost. The assets and the intake's write-back both run it."""
+
+    step: EnrichmentStep
+    start: date
+    end: date
+    selection: StaleSelection[Any]
+    report: PassReport
+    stats: CallStats = field(default_factory=CallStats)
+    changes: int = 0
+
+    @classmethod
+    def select(
+        cls,
+        step: EnrichmentStep,
+        start: date,
+        end: date,
+        warehouse: WarehouseResource,
+        pipeline: PipelineResource,
+    ) -> Self:
+        with warehouse.connect() as con:
+            selection = step.select(con, start, end, utc_now(), pipeline.freshness)
+        return cls(step, start, end, selection, PassReport(requested=len(selection.queries)))
+
+    def run(
+        self,
+        enrichment: EnrichmentResource,
+        warehouse: WarehouseResource,
+        pipeline: PipelineResource,
+        logger: logging.Logger,
+    ) -> None:
+        """Look the stale records up, writing results per chunk on a fresh short connection.
+        A ``ProviderError`` (bad key, credits gone) propagates after what arrived is saved."""
+
+        def write_chunk(results: list[EnrichmentResult]) -> None:
+            with warehouse.connect() as con:
+                self.changes += self.step.store(con, results, utc_now()) or 0
+
+        async def run() -> None:
+            async with enrichment.client(self.stats, logger) as client:
+                await run_enrichment_pass(
+                    client,
+                    self.step.kind,
+                    self.selection.queries,
+                    write_chunk,
+                    chunk_size=pipeline.chunk_size,
+                    report=self.report,
+                )
+
+        if self.selection.queries:
+            asyncio.run(run())
+
+
 def materialise_enrichment(
     context: AssetExecutionContext,
     step: EnrichmentStep,
@@ -93,32 +149,13 @@ def materialise_enrichment(
     started = time.monotonic()
     start, end = partition_window(context)
     window = describe_window(start, end)
-    with warehouse.connect() as con:
-        selection = step.select(con, start, end, utc_now(), pipeline.freshness)
-    stats = CallStats()
-    report = PassReport(requested=len(selection.queries))
-    changes = 0
+    work = WindowEnrichment.select(step, start, end, warehouse, pipeline)
+    selection, report, stats = work.selection, work.report, work.stats
     context.log.info(
         f"{kind} enrichment over {window}: {selection.total} records, "
         f"{selection.fresh} still fresh (no call), {len(selection.queries)} to look up "
         f"via {enrichment.provider}"
     )
-
-    def write_chunk(results: list[EnrichmentResult]) -> None:
-        nonlocal changes
-        with warehouse.connect() as con:
-            changes += step.store(con, results, utc_now()) or 0
-
-    async def run() -> None:
-        async with enrichment.client(stats, get_dagster_logger()) as client:
-            await run_enrichment_pass(
-                client,
-                kind,
-                selection.queries,
-                write_chunk,
-                chunk_size=pipeline.chunk_size,
-                report=report,
-            )
 
     def metadata() -> dict[str, Any]:
         return enrichment_metadata(
@@ -127,14 +164,13 @@ def materialise_enrichment(
             provider=enrichment.provider,
             selection=selection,
             report=report,
-            changes=changes,
+            changes=work.changes,
             stats=stats,
             started=started,
         )
 
     try:
-        if selection.queries:
-            asyncio.run(run())
+        work.run(enrichment, warehouse, pipeline, get_dagster_logger())
     except ProviderError as exc:
         raise Failure(
             description=f"{kind} enrichment stopped: {exc}. Results received before the stop "

@@ -18,27 +18,23 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
-from enrich_pipeline.intake.requests import Problem, parse_json, read_body, validated_leads
+from enrich_pipeline.intake.requests import (
+    LeadsAccepted,
+    Problem,
+    accepted_answer,
+    parse_json,
+    read_body,
+    validated_leads,
+)
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 DEFAULT_SOURCE = "api"
 
 access_log = logging.getLogger("enrich_pipeline.intake.access")
-
-
-class LeadsAccepted(BaseModel):
-    """What ``POST /v1/leads`` answers with 202."""
-
-    accepted: int
-    first_seq: int
-    last_seq: int
-    replayed: bool
-    status: str = "pending"
 
 
 class Receiver(Protocol):
@@ -131,16 +127,7 @@ def create_intake_app(
             raise Problem(
                 422, "this Idempotency-Key was used before with a different body"
             ) from None
-        if accepted.replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-        else:
-            mover.wake()
-        return LeadsAccepted(
-            accepted=accepted.count,
-            first_seq=accepted.first_seq,
-            last_seq=accepted.last_seq,
-            replayed=accepted.replayed,
-        )
+        return accepted_answer(accepted, response, mover.wake)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

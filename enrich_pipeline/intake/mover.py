@@ -32,9 +32,11 @@ class JournalMover:
         *,
         idle_s: float = 1.0,
         on_landed: Callable[[LandingReport], None] | None = None,
+        then: Callable[[], None] | None = None,
     ) -> None:
         self._journal = journal
         self._on_landed = on_landed
+        self._then = then
         self._warehouse_path = warehouse_path
         self._worker = BackgroundWorker("journal-mover", self._pass, idle_s=idle_s)
         self._landed_through = 0
@@ -67,6 +69,8 @@ class JournalMover:
                 self._on_landed(report)
 
     def _pass(self) -> None:
+        """Land what the journal holds, then run ``then`` (the write-back), which handles its
+        own failures."""
         try:
             self.land_pending()
             self._last_error = None
@@ -78,3 +82,5 @@ class JournalMover:
             # The leads are safe in the journal; say why they wait and try again later.
             self._last_error = f"landing failed ({type(exc).__name__}); see the service's log"
             log.exception("landing from the journal failed; the leads stay in the journal")
+        if self._then is not None:
+            self._then()

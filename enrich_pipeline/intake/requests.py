@@ -7,14 +7,43 @@ they end up in callers' logs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from pydantic import BaseModel
 
+from enrich_pipeline.intake.journal import Accepted
 from enrich_pipeline.intake.landing import lead_problem
 
 MAX_BODY_BYTES = 1_000_000
 MAX_LEADS_PER_REQUEST = 1_000
+
+
+class LeadsAccepted(BaseModel):
+    """What an endpoint that takes leads answers with 202."""
+
+    accepted: int
+    first_seq: int
+    last_seq: int
+    replayed: bool
+    status: str = "pending"
+
+
+def accepted_answer(
+    accepted: Accepted, response: Response, wake: Callable[[], None]
+) -> LeadsAccepted:
+    """The 202's body. A replay says so in a header and has nothing new to land."""
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        wake()
+    return LeadsAccepted(
+        accepted=accepted.count,
+        first_seq=accepted.first_seq,
+        last_seq=accepted.last_seq,
+        replayed=accepted.replayed,
+    )
 
 
 class Problem(Exception):

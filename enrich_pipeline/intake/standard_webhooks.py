@@ -16,9 +16,15 @@ from fastapi import APIRouter, Request, Response
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 from starlette.concurrency import run_in_threadpool
 
-from enrich_pipeline.intake.app import LeadsAccepted
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
-from enrich_pipeline.intake.requests import Problem, parse_json, read_body, validated_leads
+from enrich_pipeline.intake.requests import (
+    LeadsAccepted,
+    Problem,
+    accepted_answer,
+    parse_json,
+    read_body,
+    validated_leads,
+)
 from enrich_pipeline.settings import IntakeSettings, SettingError
 from enrich_pipeline.settings_base import env_name
 
@@ -85,16 +91,7 @@ class StandardWebhookReceiver:
             )
         except IdempotencyConflict:
             raise Problem(422, "this webhook-id was delivered before with other leads") from None
-        if accepted.replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-        else:
-            self._wake()
-        return LeadsAccepted(
-            accepted=accepted.count,
-            first_seq=accepted.first_seq,
-            last_seq=accepted.last_seq,
-            replayed=accepted.replayed,
-        )
+        return accepted_answer(accepted, response, self._wake)
 
 
 def _webhook(secret: str) -> Webhook:

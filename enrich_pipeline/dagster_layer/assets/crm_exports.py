@@ -9,9 +9,9 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult
 from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.assets.enriched_companies import enriched_companies
 from enrich_pipeline.dagster_layer.destinations import (
-    DestinationReport,
     FileDestination,
     HubSpotDestination,
+    deliver_to_each,
 )
 from enrich_pipeline.dagster_layer.metadata import duration_since, preview
 from enrich_pipeline.dagster_layer.partitions import (
@@ -75,24 +75,13 @@ def crm_exports(
         "field_profile": pipeline.field_profile,
         "destinations": ", ".join(pipeline.crm_destinations),
     }
-    # Every destination gets its turn even when another fails (a HubSpot outage must not hold
-    # back the files); the run fails afterwards, naming each destination that did.
-    destinations = {"file": file_destination, "hubspot": hubspot_destination}
-    failed: list[str] = []
-    for name in pipeline.crm_destinations:
-        if name not in destinations:
-            failed.append(f"{name}: unknown destination; choose from {', '.join(destinations)}")
-            continue
-        try:
-            report: DestinationReport = destinations[name].deliver(
-                warehouse, pipeline.export_columns, context.log
-            )
-        except Failure as exc:
-            context.log.error(f"{name}: {exc.description}")
-            failed.append(f"{name}: {exc.description}")
-            metadata.update(exc.metadata)
-            continue
-        metadata.update(report.metadata(name))
+    delivered, failed = deliver_to_each(
+        {"file": file_destination, "hubspot": hubspot_destination},
+        pipeline,
+        warehouse,
+        context.log,
+    )
+    metadata.update(delivered)
     metadata["duration_s"] = duration_since(started)
     metadata["preview"] = preview(sample)
     if failed:

@@ -13,6 +13,10 @@ WHERE domain IN (SELECT company_domain FROM clean_contacts
 ORDER BY enriched_at DESC, domain LIMIT 10
 """
 
+COMPANY_STEP = EnrichmentStep(
+    kind="company", select=stale_companies, store=store_companies, preview_sql=_PREVIEW
+)
+
 enriched_companies = enrichment_asset(
     name="enriched_companies",
     upstream=enriched_persons,
@@ -20,7 +24,5 @@ enriched_companies = enrichment_asset(
         "Company firmographics by domain (table company_enrichment, one row per domain): the "
         "matched person's company domain, else the lead's website or work-email domain."
     ),
-    step=EnrichmentStep(
-        kind="company", select=stale_companies, store=store_companies, preview_sql=_PREVIEW
-    ),
+    step=COMPANY_STEP,
 )

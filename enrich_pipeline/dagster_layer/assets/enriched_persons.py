@@ -13,6 +13,10 @@ SEMI JOIN clean_contacts c ON c.identity = p.identity
 ORDER BY p.enriched_at DESC, p.identity LIMIT 10
 """
 
+PERSON_STEP = EnrichmentStep(
+    kind="person", select=stale_persons, store=store_persons, preview_sql=_PREVIEW
+)
+
 enriched_persons = enrichment_asset(
     name="enriched_persons",
     upstream=clean_contacts,
@@ -21,7 +25,5 @@ enriched_persons = enrichment_asset(
         "matched / no_match / error, enriched_at). Looked up by email, else phone, LinkedIn URL "
         "or name + company; records still inside their freshness window are not called again."
     ),
-    step=EnrichmentStep(
-        kind="person", select=stale_persons, store=store_persons, preview_sql=_PREVIEW
-    ),
+    step=PERSON_STEP,
 )

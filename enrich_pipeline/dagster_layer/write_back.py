@@ -1,0 +1,152 @@
+"""Write-back within seconds: right after the intake service lands leads, the four assets' work
+for the days they landed on (clean, enrich persons and companies, merge, deliver), run in the
+service instead of waiting for the sensor's next tick and a run's start-up.
+
+The same resources and the same steps as the assets, so nothing is done differently: records
+still fresh cost no call, the shared per-key budget paces the look-ups, and destinations receive
+only what changed. The sensor's run for the same rows then finds everything done (0 calls, no
+push). Dagster keeps backfills, the stale refresh, checks and the UI's history.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from enrich_pipeline.clock import utc_now
+from enrich_pipeline.dagster_layer.assets.enriched_companies import COMPANY_STEP
+from enrich_pipeline.dagster_layer.assets.enriched_persons import PERSON_STEP
+from enrich_pipeline.dagster_layer.destinations import (
+    FileDestination,
+    HubSpotDestination,
+    deliver_to_each,
+)
+from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment
+from enrich_pipeline.dagster_layer.resources import (
+    DataLegionResource,
+    EnrichmentResource,
+    PipelineResource,
+    SandboxEnrichmentResource,
+    WarehouseResource,
+)
+from enrich_pipeline.settings import Settings
+from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
+from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
+from enrich_pipeline.warehouse.crm import merge_crm_contacts
+
+log = logging.getLogger(__name__)
+
+# Rows taken per pass; a bigger backlog (a CSV landed meanwhile) takes more passes.
+MAX_ROWS_PER_PASS = 10_000
+# After a failed pass (a wrong key, a provider down), so a broken setting is not retried, and
+# paid for, every second. The rows wait; the sensor's run may take them first.
+RETRY_AFTER_S = 30.0
+
+
+@dataclass
+class WriteBackReport:
+    rows: int = 0
+    days: int = 0
+    api_calls: int = 0
+    crm_records: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+class WriteBack:
+    """Builds, enriches and delivers every row landed after ``after_ingest_id``, a pass at a
+    time; the position moves on only when a pass completes, so a failure is retried."""
+
+    def __init__(
+        self,
+        *,
+        warehouse: WarehouseResource,
+        enrichment: EnrichmentResource,
+        pipeline: PipelineResource,
+        file_destination: FileDestination,
+        hubspot_destination: HubSpotDestination,
+        after_ingest_id: int,
+    ) -> None:
+        self._warehouse = warehouse
+        self._enrichment = enrichment
+        self._pipeline = pipeline
+        self._destinations = {"file": file_destination, "hubspot": hubspot_destination}
+        self.after_ingest_id = after_ingest_id
+        self._retry_at = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WriteBack:
+        """Resources as ``definitions.py`` builds them, with the secrets' values themselves:
+        outside a Dagster run there is no ``EnvVar`` to resolve them."""
+        key = settings.data_legion_api_key
+        enrichment: EnrichmentResource = (
+            DataLegionResource.from_settings(settings, api_key=key.get_secret_value())
+            if key is not None and settings.is_set("data_legion_api_key")
+            else SandboxEnrichmentResource.from_settings(settings)
+        )
+        token = settings.hubspot_access_token
+        return cls(
+            warehouse=WarehouseResource.from_settings(settings),
+            enrichment=enrichment,
+            pipeline=PipelineResource.from_settings(settings),
+            file_destination=FileDestination.from_settings(settings),
+            hubspot_destination=HubSpotDestination.from_settings(
+                settings,
+                access_token=token.get_secret_value() if token is not None else None,
+            ),
+            after_ingest_id=_last_ingest_id(WarehouseResource.from_settings(settings)),
+        )
+
+    def catch_up(self) -> None:
+        """Every pass until nothing is left; a failure waits ``RETRY_AFTER_S`` to try again."""
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            while self.run_pass().rows:
+                pass
+        except Exception:
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            log.exception("write-back failed; the rows wait for the next try or the sensor's run")
+
+    def run_pass(self) -> WriteBackReport:
+        report = WriteBackReport()
+        with self._warehouse.connect() as con:
+            landed = rows_landed_after(con, self.after_ingest_id, MAX_ROWS_PER_PASS)
+        if landed.last_ingest_id is None:
+            return report
+        ranges = contiguous_ranges(sorted(landed.rows_by_day))
+        report.rows, report.days = landed.rows, len(landed.rows_by_day)
+        for days in ranges:
+            start, end = days.first, days.last + timedelta(days=1)
+            with self._warehouse.connect() as con:
+                rebuild_clean_contacts(con, start, end, utc_now())
+            for step in (PERSON_STEP, COMPANY_STEP):
+                work = WindowEnrichment.select(step, start, end, self._warehouse, self._pipeline)
+                work.run(self._enrichment, self._warehouse, self._pipeline, log)
+                report.api_calls += work.stats.requests
+            with self._warehouse.connect() as con:
+                merged = merge_crm_contacts(con, start, end, utc_now(), self._pipeline.merge_policy)
+            report.crm_records += merged.created + merged.updated
+            _, failed = deliver_to_each(self._destinations, self._pipeline, self._warehouse, log)
+            report.failed += failed
+        self.after_ingest_id = landed.last_ingest_id
+        log.info(
+            "write-back: %d rows over %d days built, enriched (%d API calls), %d CRM records "
+            "created or updated%s",
+            report.rows,
+            report.days,
+            report.api_calls,
+            report.crm_records,
+            f"; failed: {'; '.join(report.failed)}" if report.failed else "",
+        )
+        return report
+
+
+def _last_ingest_id(warehouse: WarehouseResource) -> int:
+    """Rows landed before the service started are the sensor's: the write-back starts after."""
+    if not warehouse.exists:
+        return 0
+    with warehouse.connect() as con:
+        found = con.execute("SELECT coalesce(max(ingest_id), 0) FROM raw_contacts").fetchone()
+    return int(found[0]) if found else 0

@@ -1,0 +1,92 @@
+"""Write-back within seconds: a lead accepted by the intake service is built, enriched, merged
+and exported by the service itself, and the sensor's later run for the same day finds nothing
+left to pay for or push."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from enrich_pipeline.dagster_layer.write_back import WriteBack
+from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.landing import land_from_journal
+from enrich_pipeline.settings import Settings, environment_for
+from enrich_pipeline_tests.helpers import (
+    READY_S,
+    free_port,
+    materialise_range,
+    metadata_of,
+    serving,
+)
+
+LEAD = {"Email": "ada@analytical-engines.io", "First Name": "Ada", "Company Name": "AE"}
+
+
+def _export_rows(settings: Settings) -> dict[str, dict[str, str]]:
+    path = Path(settings.export_dir) / "crm_contacts.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {row["Email"]: row for row in csv.DictReader(handle)}
+
+
+def test_a_landed_lead_is_enriched_and_exported_without_a_dagster_run(
+    journal: IntakeJournal, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"match_rate": 1.0})
+    write_back = WriteBack.from_settings(settings)
+    journal.append([LEAD], source="api", received_at=datetime.now(UTC).replace(tzinfo=None))
+    land_from_journal(journal, settings.warehouse_path)
+
+    write_back.catch_up()
+
+    exported = _export_rows(settings)["ada@analytical-engines.io"]
+    assert exported["First Name"] == "Ada"
+    assert exported["Job Title"], "the person profile was merged into the export"
+    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+        (status,) = con.execute(
+            "SELECT status FROM person_enrichment WHERE identity = 'ada@analytical-engines.io'"
+        ).fetchone()  # type: ignore[misc]
+    assert status == "matched"
+
+    # The sensor's run for the same day pays for nothing and pushes nothing.
+    today = datetime.now(UTC).date().isoformat()
+    run = materialise_range(settings, today, today)
+    assert metadata_of(run, "enriched_persons")["api_calls"] == 0
+    assert metadata_of(run, "crm_exports")["file/created"] == 0
+
+
+def test_rows_landed_before_the_service_started_are_left_to_the_sensor(
+    journal: IntakeJournal, settings: Settings
+) -> None:
+    journal.append([LEAD], source="api", received_at=datetime.now(UTC).replace(tzinfo=None))
+    land_from_journal(journal, settings.warehouse_path)
+    write_back = WriteBack.from_settings(settings)
+    write_back.catch_up()
+    assert _export_rows(settings) == {}
+
+
+@pytest.mark.slow
+def test_posting_a_lead_to_the_service_reaches_the_export_within_seconds(
+    tmp_path: Path, settings: Settings
+) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        **environment_for(intake_port=port, intake_journal_path=tmp_path / "intake.sqlite3"),
+    }
+    env.pop("DAGSTER_HOME", None)
+    with serving(env, base_url):
+        assert httpx.post(f"{base_url}/v1/leads", json=LEAD).status_code == 202
+        deadline = time.monotonic() + READY_S
+        while "ada@analytical-engines.io" not in _export_rows(settings):
+            assert time.monotonic() < deadline, "the lead did not reach the export"
+            time.sleep(0.05)
