@@ -1,6 +1,6 @@
 """Write-back within seconds: a lead accepted by the intake service is built, enriched, merged
 and exported by the service itself, and the sensor's later run for the same day finds nothing
-left to pay for or push."""
+left to pay for or push; a caller who asks to wait gets the merged record."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 from enrich_pipeline.dagster_layer.write_back import WriteBack
+from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import land_from_journal
+from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.settings import Settings, environment_for
 from enrich_pipeline_tests.helpers import (
     READY_S,
@@ -90,3 +92,52 @@ def test_posting_a_lead_to_the_service_reaches_the_export_within_seconds(
         while "ada@analytical-engines.io" not in _export_rows(settings):
             assert time.monotonic() < deadline, "the lead did not reach the export"
             time.sleep(0.05)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_prefer_wait_answers_with_the_merged_record_when_it_is_ready(
+    journal: IntakeJournal, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"match_rate": 1.0})
+    mover = JournalMover(
+        journal, settings.warehouse_path, then=WriteBack.from_settings(settings).catch_up
+    )
+    app = create_intake_app(journal, token=None, mover=mover)
+    mover.start()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://intake"
+        ) as client:
+            answer = await client.post("/v1/leads", json=LEAD, headers={"Prefer": "wait=10"})
+            no_email = await client.post(
+                "/v1/leads", json={"Phone Number": "+14155550134"}, headers={"Prefer": "wait=1"}
+            )
+    finally:
+        mover.stop()
+    assert answer.status_code == 200
+    assert answer.headers["Preference-Applied"] == "wait=10"
+    (record,) = answer.json()["records"]
+    assert record["email"] == "ada@analytical-engines.io"
+    assert record["person_status"] == "matched" and record["job_title"]
+    assert record["provenance"]["first_name"]["source"] == "lead"
+    # No email, no CRM record to wait for: accepted and enriched later, as without Prefer.
+    assert no_email.status_code == 202 and no_email.json()["status"] == "pending"
+
+
+@pytest.mark.anyio
+async def test_prefer_wait_falls_back_to_pending_when_not_ready_in_time(
+    journal: IntakeJournal, settings: Settings
+) -> None:
+    mover = JournalMover(journal, settings.warehouse_path)  # never started: nothing lands
+    app = create_intake_app(journal, token=None, mover=mover)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://intake"
+    ) as client:
+        answer = await client.post("/v1/leads", json=LEAD, headers={"Prefer": "wait=0.2"})
+    assert answer.status_code == 202 and answer.json()["status"] == "pending"
+    assert journal.last_seq() == 1, "the lead is kept either way"

@@ -14,12 +14,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from enrich_pipeline.intake.enrich_now import crm_records, lead_email, preferred_wait
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.intake.requests import (
@@ -104,12 +106,19 @@ def create_intake_app(
         )
         return response
 
-    @app.post("/v1/leads", status_code=202, response_model=LeadsAccepted)
+    @app.post(
+        "/v1/leads",
+        status_code=202,
+        response_model=LeadsAccepted,
+        responses={200: {"description": "Prefer: wait=N, and the CRM records were ready"}},
+    )
     async def post_leads(request: Request, response: Response) -> LeadsAccepted:
         """Accept one lead (a JSON object) or up to 1,000 (an array), with the same field names
         and aliases as CSV ingest. The answer comes once they are durable; they are landed,
         enriched and written back afterwards. Send an ``Idempotency-Key`` to make a retry
-        safe: the same key lands once."""
+        safe: the same key lands once. With ``Prefer: wait=N`` (N up to 10 seconds) the answer
+        is 200 with the merged CRM records (with provenance) if they are ready by then, else
+        the usual 202: the leads are kept and enriched either way."""
         _authorise(request, token)
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
@@ -127,7 +136,35 @@ def create_intake_app(
             raise Problem(
                 422, "this Idempotency-Key was used before with a different body"
             ) from None
-        return accepted_answer(accepted, response, mover.wake)
+        answer = accepted_answer(accepted, response, mover.wake)
+        wait_s = preferred_wait(request.headers.get("prefer"))
+        if wait_s is None:
+            return answer
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+        emails = [lead_email(lead) for lead in leads]
+        started = time.monotonic()
+        if None in emails or not await run_in_threadpool(
+            mover.wait_done, accepted.last_seq, wait_s
+        ):
+            return answer
+        records = await run_in_threadpool(
+            partial(
+                crm_records,
+                mover.warehouse_path,
+                [email for email in emails if email],
+                lock_timeout_s=max(wait_s - (time.monotonic() - started), 0.1),
+            )
+        )
+        if records is None or any(email not in records for email in emails):
+            return answer
+        return JSONResponse(
+            {"status": "enriched", "records": [records[email] for email in emails]},
+            headers={
+                name: value
+                for name, value in response.headers.items()
+                if name in ("preference-applied", "idempotent-replayed")
+            },
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -8,6 +8,7 @@ before a restart is landed by the next process). Each batch is landed exactly on
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ class JournalMover:
         self._warehouse_path = warehouse_path
         self._worker = BackgroundWorker("journal-mover", self._pass, idle_s=idle_s)
         self._landed_through = 0
+        # Journal position whose leads have been landed and then passed to ``then``.
+        self._done_through = 0
+        self._done = threading.Condition()
         self._last_error: str | None = None
 
     def start(self) -> None:
@@ -50,6 +54,16 @@ class JournalMover:
 
     def wake(self) -> None:
         self._worker.wake()
+
+    @property
+    def warehouse_path(self) -> str | Path:
+        return self._warehouse_path
+
+    def wait_done(self, seq: int, timeout_s: float) -> bool:
+        """Whether the lead at journal position ``seq`` has been landed and written back within
+        ``timeout_s`` (for a caller who asked to wait)."""
+        with self._done:
+            return self._done.wait_for(lambda: self._done_through >= seq, timeout_s)
 
     def status(self) -> dict[str, Any]:
         return {"landed_through_seq": self._landed_through, "landing_error": self._last_error}
@@ -84,3 +98,6 @@ class JournalMover:
             log.exception("landing from the journal failed; the leads stay in the journal")
         if self._then is not None:
             self._then()
+        with self._done:
+            self._done_through = self._landed_through
+            self._done.notify_all()
