@@ -116,7 +116,10 @@ def main() -> int:
     print(f"  export, HubSpot CSV {csv_path.resolve()}")
     print(f"  export, Parquet     {parquet_path.resolve()}")
     print(f"  warehouse           {Path(settings.warehouse_path).resolve()}")
-    print("  next                `make dev` opens the Dagster UI on http://127.0.0.1:3000")
+    print(
+        "  next                `make dev`: the Dagster UI on http://127.0.0.1:3000 and the "
+        "intake API on http://127.0.0.1:8000/docs"
+    )
     return 0
 
 
