@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.settings import Settings, declared_settings, environment_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +51,15 @@ def journal(tmp_path: Path) -> Iterator[IntakeJournal]:
     opened = IntakeJournal(tmp_path / "intake.sqlite3")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def mover(journal: IntakeJournal, settings: Settings) -> JournalMover:
+    """Lands ``journal`` in the test's warehouse; not started: tests call ``land_pending``."""
+    return JournalMover(journal, settings.warehouse_path)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # The intake app's tests run on asyncio, as uvicorn serves it.
+    return "asyncio"

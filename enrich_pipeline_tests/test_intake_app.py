@@ -29,16 +29,6 @@ ADA = {"Email": "ada@analytical-engines.io", "First Name": "Ada", "Company Name"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def mover(journal: IntakeJournal, settings: Settings) -> JournalMover:
-    return JournalMover(journal, settings.warehouse_path)
-
-
-@pytest.fixture
 async def client(journal: IntakeJournal, mover: JournalMover) -> AsyncIterator[httpx.AsyncClient]:
     app = create_intake_app(journal, token=TOKEN, mover=mover)
     transport = httpx.ASGITransport(app=app)

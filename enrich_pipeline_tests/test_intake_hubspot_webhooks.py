@@ -57,11 +57,6 @@ ADA = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def sign(body: bytes, timestamp: str, *, uri: str = URL, secret: str = SECRET) -> str:
     """HubSpot's recipe read off its docs, as text: method + URI + body + timestamp, UTF-8."""
     source = "POST" + uri + body.decode("utf-8") + timestamp

@@ -30,16 +30,6 @@ GRACE = {"email": "grace@navy.mil", "first_name": "Grace", "company": "US Navy"}
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def mover(journal: IntakeJournal, settings: Settings) -> JournalMover:
-    return JournalMover(journal, settings.warehouse_path)
-
-
-@pytest.fixture
 def wakes() -> list[None]:
     return []
 

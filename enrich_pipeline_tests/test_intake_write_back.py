@@ -94,11 +94,6 @@ def test_posting_a_lead_to_the_service_reaches_the_export_within_seconds(
             time.sleep(0.05)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_prefer_wait_answers_with_the_merged_record_when_it_is_ready(
     journal: IntakeJournal, settings: Settings
