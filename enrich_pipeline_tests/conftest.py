@@ -21,6 +21,9 @@ def isolate_configuration(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None
     """Whatever the shell exports (a real API key, another partition start, another warehouse)
     does not reach the test; every state directory is in ``folder``; the sandbox answers without
     its simulated latency."""
+    # The project's Dagster instance is not the tests': a service a test starts would otherwise
+    # record its landings there.
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     declared = set(declared_settings())
     # pydantic-settings matches variable names case-insensitively.
     for name in list(os.environ):

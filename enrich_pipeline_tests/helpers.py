@@ -4,6 +4,7 @@ sandbox served over real HTTP on loopback."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materiali
 
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.sandbox import SandboxConfig, create_app
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.settings import Settings, environment_for
 from enrich_pipeline_tests.conftest import REPO
 
 # The four assets a run materialises (raw_contacts is landed outside Dagster).
@@ -169,6 +170,19 @@ class FakeTime:
 
 # How long a started intake service may take to answer /healthz, or landing to catch up.
 READY_S = 60.0
+
+
+def intake_environment(folder: Path, **values: object) -> tuple[dict[str, str], str]:
+    """What `enrich-pipeline serve` is started with: this environment plus ``values`` (settings
+    by field name), on a free port with its journal in ``folder``; and its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **environment_for(
+            intake_port=port, intake_journal_path=folder / "intake.sqlite3", **values
+        ),
+    }
+    return env, f"http://127.0.0.1:{port}"
 
 
 @contextmanager

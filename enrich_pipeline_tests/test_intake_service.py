@@ -5,7 +5,6 @@ clients retrying under their Idempotency-Key, lands none twice; and what it land
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +18,8 @@ from dagster import AssetKey, DagsterInstance
 from enrich_pipeline.cli import main
 from enrich_pipeline.dagster_layer.landing_events import report_landing
 from enrich_pipeline.intake.landing import LandingReport
-from enrich_pipeline.settings import Settings, environment_for
-from enrich_pipeline_tests.helpers import READY_S, free_port, serving, wait_for_health
+from enrich_pipeline.settings import Settings
+from enrich_pipeline_tests.helpers import READY_S, intake_environment, serving, wait_for_health
 
 TOKEN = "intake-secret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,16 +52,7 @@ def _post(base_url: str, i: int) -> bool:
 def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
     tmp_path: Path, settings: Settings
 ) -> None:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        **environment_for(
-            intake_port=port,
-            intake_journal_path=tmp_path / "intake.sqlite3",
-            intake_token=TOKEN,
-        ),
-    }
+    env, base_url = intake_environment(tmp_path, intake_token=TOKEN)
     acknowledged: set[int] = set()
     enough = threading.Event()
     lock = threading.Lock()

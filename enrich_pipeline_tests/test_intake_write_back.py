@@ -5,7 +5,6 @@ left to pay for or push; a caller who asks to wait gets the merged record."""
 from __future__ import annotations
 
 import csv
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +18,10 @@ from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import land_from_journal
 from enrich_pipeline.intake.mover import JournalMover
-from enrich_pipeline.settings import Settings, environment_for
+from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import (
     READY_S,
-    free_port,
+    intake_environment,
     materialise_range,
     metadata_of,
     serving,
@@ -79,13 +78,7 @@ def test_rows_landed_before_the_service_started_are_left_to_the_sensor(
 def test_posting_a_lead_to_the_service_reaches_the_export_within_seconds(
     tmp_path: Path, settings: Settings
 ) -> None:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        **environment_for(intake_port=port, intake_journal_path=tmp_path / "intake.sqlite3"),
-    }
-    env.pop("DAGSTER_HOME", None)
+    env, base_url = intake_environment(tmp_path)
     with serving(env, base_url):
         assert httpx.post(f"{base_url}/v1/leads", json=LEAD).status_code == 202
         deadline = time.monotonic() + READY_S
