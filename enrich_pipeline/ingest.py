@@ -57,11 +57,12 @@ ROW_IDENTIFYING = (*IDENTIFYING_COLUMNS, "company_name")
 # Spreadsheet exports pad with tabs and non-breaking spaces as well as plain spaces. Trimming
 # a character set is several times slower than looking at both ends first, and most values
 # need no trimming at all.
-_PADDING = "' ' || chr(9) || chr(10) || chr(13) || chr(160)"
+PADDING = " \t\n\r\xa0"
+_PADDING_SQL = " || ".join(f"chr({ord(character)})" for character in PADDING)
 _CLEAN_MACRO = f"""
 CREATE OR REPLACE TEMP MACRO __clean(v) AS nullif(
-    CASE WHEN contains({_PADDING}, v[1]) OR contains({_PADDING}, v[-1])
-        THEN trim(v, {_PADDING}) ELSE v END,
+    CASE WHEN contains({_PADDING_SQL}, v[1]) OR contains({_PADDING_SQL}, v[-1])
+        THEN trim(v, {_PADDING_SQL}) ELSE v END,
     '')
 """
 # Each branch is gated by a shape check: a bare cast would accept words like 'infinity', and

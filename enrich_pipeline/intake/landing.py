@@ -21,6 +21,7 @@ import duckdb
 
 from enrich_pipeline.column_mapping import ColumnMapping, map_columns
 from enrich_pipeline.ingest import (
+    PADDING,
     ROW_IDENTIFYING,
     StagedRows,
     check_staged,
@@ -42,8 +43,6 @@ _INTAKE_ROWS = StagedRows(
     fallback_received="s.__intake_received",
     original="CAST(s.__intake_lead AS JSON)",
 )
-# What ingest's __clean macro trims before deciding a value is blank.
-_PADDING = " \t\n\r\xa0"
 
 _NO_IDENTITY = (
     "no identifying value: give one of "
@@ -183,7 +182,7 @@ def _text(value: object) -> str | None:
 
 def _filled(text: str | None) -> str | None:
     """The value ingest would land (padding trimmed), or None when it is blank."""
-    return (text or "").strip(_PADDING) or None
+    return (text or "").strip(PADDING) or None
 
 
 def _is_date(text: str) -> bool:
