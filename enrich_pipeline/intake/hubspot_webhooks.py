@@ -16,7 +16,6 @@ import hmac
 import json
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +35,7 @@ from enrich_pipeline.destinations.hubspot import (
     HubSpotAuthError,
     HubSpotClient,
 )
-from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
+from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal, durable_sqlite
 from enrich_pipeline.intake.requests import Problem, parse_json, read_body
 from enrich_pipeline.intake.worker import BackgroundWorker
 from enrich_pipeline.settings import IntakeSettings
@@ -120,14 +119,10 @@ class _EventStore:
     lock, held only for single statements (never while HubSpot or the journal is called)."""
 
     def __init__(self, path: str | Path, clock: Callable[[], float]) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._con = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
-        # WAL with FULL sync: a stored event has reached the disk when add() returns.
-        self._con.execute("PRAGMA journal_mode = WAL")
-        self._con.execute("PRAGMA synchronous = FULL")
+        # A stored event has reached the disk when add() returns.
+        self._con = durable_sqlite(path, busy_timeout_s=_BUSY_TIMEOUT_S)
         self._con.executescript(_SCHEMA)
 
     def add(self, events: Sequence[_Event]) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 # Long enough to ride out another process's commit, short enough to answer a client.
-_BUSY_TIMEOUT_MS = 5000
+_BUSY_TIMEOUT_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_meta (
@@ -41,6 +41,23 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     last_seq      INTEGER NOT NULL
 );
 """
+
+
+def durable_sqlite(
+    path: str | Path, *, busy_timeout_s: float, isolation_level: str | None = "DEFERRED"
+) -> sqlite3.Connection:
+    """A connection whose commits have reached the disk when they return (WAL, FULL sync),
+    for what must be durable before a caller hears 2xx. ``busy_timeout_s`` waits out another
+    process's write lock; one connection is shared by threads, behind the caller's lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(
+        path, timeout=busy_timeout_s, isolation_level=isolation_level, check_same_thread=False
+    )
+    con.execute("PRAGMA journal_mode = WAL")
+    # In WAL mode NORMAL may lose the last commits on power loss; FULL syncs every commit.
+    con.execute("PRAGMA synchronous = FULL")
+    return con
 
 
 @dataclass(frozen=True)
@@ -68,20 +85,9 @@ class IntakeJournal:
     file; SQLite's locking (with a busy timeout) keeps them apart."""
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         # Autocommit mode: transactions are begun explicitly, so each append is exactly one.
-        # timeout is SQLite's busy timeout: waiting out another process's write lock.
-        self._con = sqlite3.connect(
-            path,
-            timeout=_BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        self._con.execute("PRAGMA journal_mode = WAL")
-        # In WAL mode NORMAL may lose the last commits on power loss; FULL syncs every commit.
-        self._con.execute("PRAGMA synchronous = FULL")
+        self._con = durable_sqlite(path, busy_timeout_s=_BUSY_TIMEOUT_S, isolation_level=None)
         with self._write():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
