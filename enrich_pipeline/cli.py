@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     host = args.host or settings.intake_host
     port = args.port or settings.intake_port
-    token = _secret(settings, "intake_token")
+    token = settings.secret("intake_token")
     if token is None and not _is_loopback(host):
         raise SettingError(
             f"refusing to listen on {host} without a token: set "
@@ -63,14 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
         on_landed=lambda report: report_landing(report, source="intake"),
         then=WriteBack.from_settings(settings).catch_up,
     )
-    hubspot_token = _secret(settings, "hubspot_access_token")
+    hubspot_token = settings.secret("hubspot_access_token")
     receivers = [
-        StandardWebhookReceiver(
-            journal, secret=_secret(settings, "webhook_secret"), wake=mover.wake
-        ),
+        StandardWebhookReceiver(journal, secret=settings.secret("webhook_secret"), wake=mover.wake),
         HubSpotWebhookReceiver(
             journal,
-            client_secret=_secret(settings, "hubspot_client_secret"),
+            client_secret=settings.secret("hubspot_client_secret"),
             # Received events wait beside the journal until their contacts are read back.
             events_path=Path(settings.intake_journal_path).with_name("hubspot_events.sqlite3"),
             hubspot=None
@@ -84,11 +82,6 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"Intake listening on http://{host}:{port}: POST /v1/leads, API docs at /docs")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
     return 0
-
-
-def _secret(settings: Settings, name: str) -> str | None:
-    value = getattr(settings, name)
-    return value.get_secret_value() if settings.is_set(name) else None
 
 
 def _is_loopback(host: str) -> bool:

@@ -4,7 +4,7 @@ load. Settings are read from the environment once, here; secrets reach resources
 
 from __future__ import annotations
 
-from dagster import Definitions, EnvVar, definitions, in_process_executor
+from dagster import Definitions, definitions, in_process_executor
 
 from enrich_pipeline.dagster_layer.assets import PIPELINE_ASSETS, raw_contacts
 from enrich_pipeline.dagster_layer.checks import QUALITY_CHECKS, QualityThresholds, with_freshness
@@ -12,34 +12,18 @@ from enrich_pipeline.dagster_layer.destinations import FileDestination, HubSpotD
 from enrich_pipeline.dagster_layer.jobs import enrich_contacts_job
 from enrich_pipeline.dagster_layer.partitions import contact_partitions, with_partitions
 from enrich_pipeline.dagster_layer.resources import (
-    DataLegionResource,
-    EnrichmentResource,
     PipelineResource,
-    SandboxEnrichmentResource,
     WarehouseResource,
+    enrichment_resource,
+    run_time_secret,
 )
 from enrich_pipeline.dagster_layer.schedules import build_stale_refresh_schedule
 from enrich_pipeline.dagster_layer.sensors import build_new_contacts_sensor
-from enrich_pipeline.settings import SecretSettings, Settings
-from enrich_pipeline.settings_base import env_name
-
-
-def enrichment_resource(settings: Settings) -> EnrichmentResource:
-    """The real provider when its API key is set, else the built-in sandbox."""
-    if settings.is_set("data_legion_api_key"):
-        return DataLegionResource.from_settings(
-            settings, api_key=EnvVar(env_name(SecretSettings, "data_legion_api_key"))
-        )
-    return SandboxEnrichmentResource.from_settings(settings)
+from enrich_pipeline.settings import Settings
 
 
 def build_definitions(settings: Settings) -> Definitions:
     partitions = contact_partitions(settings.partition_start)
-    hubspot_token = (
-        EnvVar(env_name(SecretSettings, "hubspot_access_token"))
-        if settings.is_set("hubspot_access_token")
-        else None
-    )
     return Definitions(
         assets=[
             raw_contacts,
@@ -54,12 +38,14 @@ def build_definitions(settings: Settings) -> Definitions:
         executor=in_process_executor,
         resources={
             "warehouse": WarehouseResource.from_settings(settings),
-            "enrichment": enrichment_resource(settings),
+            "enrichment": enrichment_resource(
+                settings, run_time_secret(settings, "data_legion_api_key")
+            ),
             "pipeline": PipelineResource.from_settings(settings),
             "quality": QualityThresholds.from_settings(settings),
             "file_destination": FileDestination.from_settings(settings),
             "hubspot_destination": HubSpotDestination.from_settings(
-                settings, access_token=hubspot_token
+                settings, access_token=run_time_secret(settings, "hubspot_access_token")
             ),
         },
     )

@@ -359,9 +359,11 @@ class Settings(
     def sandbox(self) -> SandboxConfig:
         return SandboxConfig(**self.values_for(SandboxConfig))
 
-    def is_set(self, secret: str) -> bool:
-        value = getattr(self, secret)
-        return value is not None and bool(value.get_secret_value())
+    def secret(self, name: str) -> str | None:
+        """A secret's value, None when unset or empty. For code that runs outside Dagster (the
+        intake service); resources get ``EnvVar`` references instead."""
+        value: SecretStr | None = getattr(self, name)
+        return (value.get_secret_value() or None) if value is not None else None
 
 
 def environment_for(**values: Any) -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import duckdb
 import httpx
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from enrich_pipeline.field_profiles import field_profile
@@ -202,3 +202,16 @@ class PipelineResource(SettingsResource, PipelineSettings, FieldProfileSettings)
             company_ttl_days=self.company_ttl_days,
             no_match_retry_days=self.no_match_retry_days,
         )
+
+
+def run_time_secret(settings: Settings, name: str) -> EnvVar | None:
+    """For a resource in the definitions: a reference Dagster resolves when a run starts, so
+    the value is in no definition, log or UI; None when the secret is unset."""
+    return EnvVar(env_name(Settings, name)) if settings.secret(name) else None
+
+
+def enrichment_resource(settings: Settings, api_key: str | EnvVar | None) -> EnrichmentResource:
+    """The real provider when there is an API key, else the built-in sandbox."""
+    if api_key is None:
+        return SandboxEnrichmentResource.from_settings(settings)
+    return DataLegionResource.from_settings(settings, api_key=api_key)

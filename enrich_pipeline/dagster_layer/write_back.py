@@ -25,11 +25,10 @@ from enrich_pipeline.dagster_layer.destinations import (
 )
 from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment
 from enrich_pipeline.dagster_layer.resources import (
-    DataLegionResource,
     EnrichmentResource,
     PipelineResource,
-    SandboxEnrichmentResource,
     WarehouseResource,
+    enrichment_resource,
 )
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
@@ -79,23 +78,16 @@ class WriteBack:
     def from_settings(cls, settings: Settings) -> WriteBack:
         """Resources as ``definitions.py`` builds them, with the secrets' values themselves:
         outside a Dagster run there is no ``EnvVar`` to resolve them."""
-        key = settings.data_legion_api_key
-        enrichment: EnrichmentResource = (
-            DataLegionResource.from_settings(settings, api_key=key.get_secret_value())
-            if key is not None and settings.is_set("data_legion_api_key")
-            else SandboxEnrichmentResource.from_settings(settings)
-        )
-        token = settings.hubspot_access_token
+        warehouse = WarehouseResource.from_settings(settings)
         return cls(
-            warehouse=WarehouseResource.from_settings(settings),
-            enrichment=enrichment,
+            warehouse=warehouse,
+            enrichment=enrichment_resource(settings, settings.secret("data_legion_api_key")),
             pipeline=PipelineResource.from_settings(settings),
             file_destination=FileDestination.from_settings(settings),
             hubspot_destination=HubSpotDestination.from_settings(
-                settings,
-                access_token=token.get_secret_value() if token is not None else None,
+                settings, access_token=settings.secret("hubspot_access_token")
             ),
-            after_ingest_id=_last_ingest_id(WarehouseResource.from_settings(settings)),
+            after_ingest_id=_last_ingest_id(warehouse),
         )
 
     def catch_up(self) -> None:
