@@ -120,8 +120,8 @@ class WriteBack:
             with self._warehouse.connect() as con:
                 merged = merge_crm_contacts(con, start, end, utc_now(), self._pipeline.merge_policy)
             report.crm_records += merged.created + merged.updated
-            _, failed = deliver_to_each(self._destinations, self._pipeline, self._warehouse, log)
-            report.failed += failed
+        # Destinations take every changed record at once, whichever days it came from.
+        _, report.failed = deliver_to_each(self._destinations, self._pipeline, self._warehouse, log)
         self.after_ingest_id = landed.last_ingest_id
         log.info(
             "write-back: %d rows over %d days built, enriched (%d API calls), %d CRM records "
