@@ -22,6 +22,7 @@ from enrich_pipeline.sandbox.config import SandboxConfig
 from enrich_pipeline.settings_base import (
     SETTING_GROUP_CONFIG,
     env_name,
+    group_values,
     setting,
     unlimited_as_none,
 )
@@ -346,18 +347,9 @@ class Settings(
                 problems.append(f"{name}={error.get('input')!r} is not usable: {error['msg']}")
             raise SettingError("; ".join(problems)) from None
 
-    def values_for(self, group: type[BaseModel]) -> dict[str, Any]:
-        """This object's values of every setting ``group`` (or a resource built on groups)
-        declares."""
-        return {
-            name: getattr(self, name)
-            for name in group.model_fields
-            if name in type(self).model_fields
-        }
-
     @property
     def sandbox(self) -> SandboxConfig:
-        return SandboxConfig(**self.values_for(SandboxConfig))
+        return SandboxConfig(**group_values(self, SandboxConfig))
 
     def secret(self, name: str) -> str | None:
         """A secret's value, None when unset or empty. For code that runs outside Dagster (the

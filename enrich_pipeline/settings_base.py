@@ -27,6 +27,13 @@ def env_name(group: type[BaseModel], field: str) -> str:
     return alias
 
 
+def group_values(source: BaseModel, group: type[BaseModel]) -> dict[str, Any]:
+    """``source``'s values of every setting ``group`` declares that ``source`` has too: to
+    build one group, or a resource made of groups, from another."""
+    fields = type(source).model_fields
+    return {name: getattr(source, name) for name in group.model_fields if name in fields}
+
+
 def unlimited_as_none(value: Any) -> Any:
     """For limits where "unlimited" is a choice: ``none``, ``unlimited`` or empty."""
     if isinstance(value, str) and value.strip().lower() in UNLIMITED:

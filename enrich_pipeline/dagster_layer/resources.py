@@ -31,7 +31,7 @@ from enrich_pipeline.settings import (
     Settings,
     WarehouseSettings,
 )
-from enrich_pipeline.settings_base import env_name
+from enrich_pipeline.settings_base import env_name, group_values
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.enrichment import Freshness
 
@@ -45,7 +45,7 @@ class SettingsResource(ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **values: Any) -> Self:
-        return cls(**settings.values_for(cls), **values)
+        return cls(**group_values(settings, cls), **values)
 
 
 class WarehouseResource(SettingsResource, WarehouseSettings):
@@ -172,9 +172,7 @@ class SandboxEnrichmentResource(EnrichmentResource, SandboxConfig):
             f"{env_name(SecretSettings, 'data_legion_api_key')} is not set: using the built-in "
             "sandbox provider (synthetic profiles, no real people)"
         )
-        sandbox = SandboxConfig(
-            **{name: getattr(self, name) for name in SandboxConfig.model_fields}
-        )
+        sandbox = SandboxConfig(**group_values(self, SandboxConfig))
         return ProviderEndpoint(
             base_url=_SANDBOX_BASE_URL,
             api_key=sandbox.accepted_api_key or SANDBOX_LABEL,
