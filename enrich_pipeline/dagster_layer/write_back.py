@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+import duckdb
 
 from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.assets.enriched_companies import COMPANY_STEP
@@ -54,7 +56,7 @@ class WriteBackReport:
 
 
 class WriteBack:
-    """Builds, enriches and delivers every row landed after ``after_ingest_id``, a pass at a
+    """Builds, enriches and delivers every row landed since ``started_at``, a pass at a
     time; the position moves on only when a pass completes, so a failure is retried."""
 
     def __init__(
@@ -65,29 +67,31 @@ class WriteBack:
         pipeline: PipelineResource,
         file_destination: FileDestination,
         hubspot_destination: HubSpotDestination,
-        after_ingest_id: int,
+        started_at: datetime,
     ) -> None:
         self._warehouse = warehouse
         self._enrichment = enrichment
         self._pipeline = pipeline
         self._destinations = {"file": file_destination, "hubspot": hubspot_destination}
-        self.after_ingest_id = after_ingest_id
+        # Rows landed before are the sensor's. Found on the first pass, not here: starting the
+        # service must not wait for a warehouse a Dagster run may be holding.
+        self._started_at = started_at
+        self._after_ingest_id: int | None = None
         self._retry_at = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WriteBack:
         """Resources as ``definitions.py`` builds them, with the secrets' values themselves:
         outside a Dagster run there is no ``EnvVar`` to resolve them."""
-        warehouse = WarehouseResource.from_settings(settings)
         return cls(
-            warehouse=warehouse,
+            warehouse=WarehouseResource.from_settings(settings),
             enrichment=enrichment_resource(settings, settings.secret("data_legion_api_key")),
             pipeline=PipelineResource.from_settings(settings),
             file_destination=FileDestination.from_settings(settings),
             hubspot_destination=HubSpotDestination.from_settings(
                 settings, access_token=settings.secret("hubspot_access_token")
             ),
-            after_ingest_id=_last_ingest_id(warehouse),
+            started_at=utc_now(),
         )
 
     def catch_up(self) -> None:
@@ -104,7 +108,9 @@ class WriteBack:
     def run_pass(self) -> WriteBackReport:
         report = WriteBackReport()
         with self._warehouse.connect() as con:
-            landed = rows_landed_after(con, self.after_ingest_id, MAX_ROWS_PER_PASS)
+            if self._after_ingest_id is None:
+                self._after_ingest_id = _last_ingest_id_before(con, self._started_at)
+            landed = rows_landed_after(con, self._after_ingest_id, MAX_ROWS_PER_PASS)
         if landed.last_ingest_id is None:
             return report
         ranges = contiguous_ranges(sorted(landed.rows_by_day))
@@ -122,7 +128,7 @@ class WriteBack:
             report.crm_records += merged.created + merged.updated
         # Destinations take every changed record at once, whichever days it came from.
         _, report.failed = deliver_to_each(self._destinations, self._pipeline, self._warehouse, log)
-        self.after_ingest_id = landed.last_ingest_id
+        self._after_ingest_id = landed.last_ingest_id
         log.info(
             "write-back: %d rows over %d days built, enriched (%d API calls), %d CRM records "
             "created or updated%s",
@@ -135,10 +141,8 @@ class WriteBack:
         return report
 
 
-def _last_ingest_id(warehouse: WarehouseResource) -> int:
-    """Rows landed before the service started are the sensor's: the write-back starts after."""
-    if not warehouse.exists:
-        return 0
-    with warehouse.connect() as con:
-        found = con.execute("SELECT coalesce(max(ingest_id), 0) FROM raw_contacts").fetchone()
+def _last_ingest_id_before(con: duckdb.DuckDBPyConnection, moment: datetime) -> int:
+    found = con.execute(
+        "SELECT coalesce(max(ingest_id), 0) FROM raw_contacts WHERE landed_at < ?", [moment]
+    ).fetchone()
     return int(found[0]) if found else 0
