@@ -23,6 +23,14 @@ from typing import Any
 # Long enough to ride out another process's commit, short enough to answer a client.
 _BUSY_TIMEOUT_S = 5.0
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_encode_lead = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+# The request hash's canonical form; it must never change, or replays after an upgrade would
+# look like conflicts.
+_encode_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False
+).encode
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_meta (
     key    TEXT PRIMARY KEY,
@@ -80,13 +88,35 @@ class IdempotencyConflict(ValueError):
     """An Idempotency-Key was reused with a different request body."""
 
 
+@dataclass
+class _Append:
+    """One caller's request waiting in a commit group, and what became of it."""
+
+    texts: list[str]  # the leads' JSON
+    source: str
+    received_at: str  # naive UTC, ISO 8601
+    idempotency_key: str | None
+    request_hash: str | None  # with an idempotency key only
+    outcome: Accepted | BaseException | None = None  # set once its group has committed
+
+
 class IntakeJournal:
     """Thread-safe: one connection, serialised by a lock. Other processes may open the same
-    file; SQLite's locking (with a busy timeout) keeps them apart."""
+    file; SQLite's locking (with a busy timeout) keeps them apart.
+
+    Appends are group-committed: requests that arrive while a commit is in flight wait, and
+    the next one to lead writes all of them in one transaction with one fsync, in arrival
+    order. Each caller returns only once the transaction holding its leads has committed, so
+    a 2xx still means durable; a commit costs about the same for one request as for many, so
+    concurrent callers stop queueing for one fsync each. Leader/follower rather than a writer
+    thread: an uncontended append commits on its own thread, with no hand-off."""
 
     def __init__(self, path: str | Path) -> None:
-        self._lock = threading.Lock()
-        # Autocommit mode: transactions are begun explicitly, so each append is exactly one.
+        self._lock = threading.Lock()  # the connection
+        self._group = threading.Condition()  # the fields below
+        self._waiting: list[_Append] = []
+        self._leading = False
+        # Autocommit mode: transactions are begun explicitly, one per commit group.
         self._con = durable_sqlite(path, busy_timeout_s=_BUSY_TIMEOUT_S, isolation_level=None)
         with self._write():
             for statement in _SCHEMA.split(";"):
@@ -113,45 +143,108 @@ class IntakeJournal:
         received_at: datetime,
         idempotency_key: str | None = None,
     ) -> Accepted:
-        """Write the leads of one request in one transaction; returns once it is durable.
+        """Write the leads of one request in one transaction (shared with the requests of its
+        commit group); returns once it is durable.
 
         With ``idempotency_key``, a request seen before under the same key returns its first
         answer (``replayed=True``) and writes nothing; a different body under that key raises
         ``IdempotencyConflict``."""
         if not leads:
             raise ValueError("a request must carry at least one lead")
-        texts = [json.dumps(dict(lead), ensure_ascii=False, allow_nan=False) for lead in leads]
         if received_at.tzinfo is not None:
             received_at = received_at.astimezone(UTC).replace(tzinfo=None)
-        request_hash = _request_hash(leads, source)
+        # Encoded before joining a group, so a lead that cannot be stored fails only its caller.
+        texts = [_encode_lead(lead if type(lead) is dict else dict(lead)) for lead in leads]
+        request = _Append(
+            texts,
+            source,
+            received_at.isoformat(),
+            idempotency_key,
+            None if idempotency_key is None else _request_hash(leads, source),
+        )
+        with self._group:
+            self._waiting.append(request)
+            while self._leading and request.outcome is None:
+                self._group.wait()
+            group: list[_Append] = []
+            if request.outcome is None:
+                # Lead: commit everyone waiting now, this request included.
+                self._leading = True
+                group, self._waiting = self._waiting, []
+        if group:
+            try:
+                outcomes = self._commit(group)
+            except BaseException as exc:
+                # Nothing of the group was committed: each of its callers hears why.
+                outcomes = [exc] * len(group)
+            with self._group:
+                for member, outcome in zip(group, outcomes, strict=True):
+                    member.outcome = outcome
+                self._leading = False
+                self._group.notify_all()
+        if isinstance(request.outcome, BaseException):
+            raise request.outcome
+        assert request.outcome is not None
+        return request.outcome
+
+    def _commit(self, group: Sequence[_Append]) -> list[Accepted | BaseException]:
+        """Write a group's requests, in order, in one transaction; what each one gets."""
+        outcomes: list[Accepted | BaseException] = []
         with self._write():
-            if idempotency_key is not None:
-                earlier = self._con.execute(
-                    "SELECT request_hash, first_seq, last_seq FROM idempotency_keys WHERE key = ?",
-                    [idempotency_key],
-                ).fetchone()
-                if earlier is not None:
-                    earlier_hash, first_seq, last_seq = earlier
-                    if earlier_hash != request_hash:
-                        raise IdempotencyConflict(
-                            f"Idempotency-Key {idempotency_key!r} was used for a different request"
-                        )
-                    return Accepted(first_seq, last_seq, last_seq - first_seq + 1, replayed=True)
-            seqs = [
-                self._con.execute(
+            # AUTOINCREMENT gives each row the highest seq ever used + 1, and this transaction
+            # holds the file's write lock: the group's rows take the seqs after ``given``.
+            given = before = self._seq_given()
+            for request in group:
+                try:
+                    replayed = self._replayed(request)
+                except IdempotencyConflict as exc:
+                    outcomes.append(exc)
+                    continue
+                if replayed is not None:
+                    outcomes.append(replayed)
+                    continue
+                self._con.executemany(
                     "INSERT INTO entries (received_at, source, lead) VALUES (?, ?, ?)",
-                    [received_at.isoformat(), source, text],
-                ).lastrowid
-                for text in texts
-            ]
-            first_seq, last_seq = int(seqs[0] or 0), int(seqs[-1] or 0)
-            if idempotency_key is not None:
-                self._con.execute(
-                    "INSERT INTO idempotency_keys (key, request_hash, first_seq, last_seq) "
-                    "VALUES (?, ?, ?, ?)",
-                    [idempotency_key, request_hash, first_seq, last_seq],
+                    [(request.received_at, request.source, text) for text in request.texts],
                 )
-        return Accepted(first_seq, last_seq, len(seqs), replayed=False)
+                first_seq, given = given + 1, given + len(request.texts)
+                if request.idempotency_key is not None:
+                    # In the same transaction: a later request of this group with this key is
+                    # a replay of this one, or a conflict with it.
+                    self._con.execute(
+                        "INSERT INTO idempotency_keys (key, request_hash, first_seq, last_seq) "
+                        "VALUES (?, ?, ?, ?)",
+                        [request.idempotency_key, request.request_hash, first_seq, given],
+                    )
+                outcomes.append(Accepted(first_seq, given, len(request.texts), replayed=False))
+            # Rows take strictly growing seqs above ``before``: ending at ``given`` means they
+            # took exactly the seqs handed out. Else roll back rather than answer wrongly.
+            last = self._seq_given()
+            assert last == given, f"journal seqs {before + 1}..{last}, expected ..{given}"
+        return outcomes
+
+    def _seq_given(self) -> int:
+        """The highest seq AUTOINCREMENT has given out (0 before the first)."""
+        row = self._con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _replayed(self, request: _Append) -> Accepted | None:
+        """The first answer given under this request's Idempotency-Key, None when it has no key
+        or a new one; ``IdempotencyConflict`` when the key was used for another body."""
+        if request.idempotency_key is None:
+            return None
+        earlier = self._con.execute(
+            "SELECT request_hash, first_seq, last_seq FROM idempotency_keys WHERE key = ?",
+            [request.idempotency_key],
+        ).fetchone()
+        if earlier is None:
+            return None
+        earlier_hash, first_seq, last_seq = earlier
+        if earlier_hash != request.request_hash:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {request.idempotency_key!r} was used for a different request"
+            )
+        return Accepted(first_seq, last_seq, last_seq - first_seq + 1, replayed=True)
 
     def read_after(self, seq: int, limit: int) -> list[JournalEntry]:
         """Up to ``limit`` entries with a sequence number above ``seq``, in sequence order."""
@@ -194,10 +287,5 @@ class IntakeJournal:
 
 def _request_hash(leads: Sequence[Mapping[str, Any]], source: str) -> str:
     """Hash of the request's canonical JSON: key order and spacing do not make it differ."""
-    canonical = json.dumps(
-        {"source": source, "leads": [dict(lead) for lead in leads]},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    canonical = _encode_canonical({"source": source, "leads": [dict(lead) for lead in leads]})
     return hashlib.sha256(canonical.encode()).hexdigest()

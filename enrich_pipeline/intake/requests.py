@@ -14,7 +14,7 @@ from fastapi import Request, Response
 from pydantic import BaseModel
 
 from enrich_pipeline.intake.journal import Accepted
-from enrich_pipeline.intake.landing import lead_problem
+from enrich_pipeline.intake.landing import lead_problems
 
 MAX_BODY_BYTES = 1_000_000
 MAX_LEADS_PER_REQUEST = 1_000
@@ -90,8 +90,8 @@ def validated_leads(parsed: Any) -> list[dict[str, Any]]:
         raise Problem(422, f"at most {MAX_LEADS_PER_REQUEST:,} leads per request")
     problems = [
         {"lead": index, "problem": problem}
-        for index, lead in enumerate(leads)
-        if (problem := lead_problem(lead)) is not None
+        for index, problem in enumerate(lead_problems(leads))
+        if problem is not None
     ]
     if problems:
         raise Problem(422, problems)
