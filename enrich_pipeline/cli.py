@@ -35,6 +35,20 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hubspot_sandbox(args: argparse.Namespace) -> int:
+    from enrich_pipeline.sandbox.hubspot import serve_hubspot_sandbox
+
+    serve_hubspot_sandbox(
+        args.host,
+        args.port,
+        token=args.token,
+        requests_per_interval=args.requests_per_10s,
+        interval_ms=10_000,
+        latency_ms=args.latency_ms,
+    )
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -42,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
     from enrich_pipeline.dagster_layer.write_back import WriteBack
     from enrich_pipeline.destinations.hubspot import HubSpotClient
     from enrich_pipeline.intake.app import create_intake_app
+    from enrich_pipeline.intake.enrich_now import ReadyRecords
     from enrich_pipeline.intake.hubspot_webhooks import HubSpotWebhookReceiver
     from enrich_pipeline.intake.journal import IntakeJournal
     from enrich_pipeline.intake.mover import JournalMover
@@ -57,11 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
             f"{env_name(IntakeSettings, 'intake_token')}, or listen on 127.0.0.1"
         )
     journal = IntakeJournal(settings.intake_journal_path)
+    ready = ReadyRecords()
     mover = JournalMover(
         journal,
         settings.warehouse_path,
         on_landed=lambda report: report_landing(report, source="intake"),
-        then=WriteBack.from_settings(settings).catch_up,
+        then=WriteBack.from_settings(settings, on_merged=ready.publish_from).catch_up,
     )
     hubspot_token = settings.secret("hubspot_access_token")
     receivers = [
@@ -77,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
             wake=mover.wake,
         ),
     ]
-    app = create_intake_app(journal, token=token, mover=mover, receivers=receivers)
+    app = create_intake_app(journal, token=token, mover=mover, receivers=receivers, ready=ready)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(f"Intake listening on http://{host}:{port}: POST /v1/leads, API docs at /docs")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
@@ -112,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8787)
     sandbox.set_defaults(run=_sandbox)
+
+    hubspot_sandbox = commands.add_parser(
+        "hubspot-sandbox",
+        help="serve a HubSpot stand-in over HTTP (contacts upsert, read, GDPR delete; "
+        "contents at GET /_sandbox/contacts)",
+    )
+    hubspot_sandbox.add_argument("--host", default="127.0.0.1")
+    hubspot_sandbox.add_argument("--port", type=int, default=8788)
+    hubspot_sandbox.add_argument(
+        "--token",
+        help="accept only this bearer token (default: none, any bearer token is accepted)",
+    )
+    hubspot_sandbox.add_argument(
+        "--requests-per-10s",
+        type=int,
+        default=100,
+        help="rolling rate limit, as HubSpot's per-10-second limit (default: 100)",
+    )
+    hubspot_sandbox.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="delay every API answer by this much, to imitate the network (default: 0)",
+    )
+    hubspot_sandbox.set_defaults(run=_hubspot_sandbox)
 
     serve = commands.add_parser(
         "serve",

@@ -118,24 +118,33 @@ class WindowEnrichment:
     ) -> None:
         """Look the stale records up, writing results per chunk on a fresh short connection.
         A ``ProviderError`` (bad key, credits gone) propagates after what arrived is saved."""
+        if self.selection.queries:
+            asyncio.run(self.run_async(enrichment, warehouse, pipeline, logger))
+
+    async def run_async(
+        self,
+        enrichment: EnrichmentResource,
+        warehouse: WarehouseResource,
+        pipeline: PipelineResource,
+        logger: logging.Logger,
+    ) -> None:
+        """``run`` inside a running event loop, so several kinds can be looked up at once."""
 
         def write_chunk(results: list[EnrichmentResult]) -> None:
             with warehouse.connect() as con:
                 self.changes += self.step.store(con, results, utc_now()) or 0
 
-        async def run() -> None:
-            async with enrichment.client(self.stats, logger) as client:
-                await run_enrichment_pass(
-                    client,
-                    self.step.kind,
-                    self.selection.queries,
-                    write_chunk,
-                    chunk_size=pipeline.chunk_size,
-                    report=self.report,
-                )
-
-        if self.selection.queries:
-            asyncio.run(run())
+        if not self.selection.queries:
+            return
+        async with enrichment.client(self.stats, logger) as client:
+            await run_enrichment_pass(
+                client,
+                self.step.kind,
+                self.selection.queries,
+                write_chunk,
+                chunk_size=pipeline.chunk_size,
+                report=self.report,
+            )
 
 
 def materialise_enrichment(

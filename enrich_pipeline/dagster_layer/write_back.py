@@ -10,10 +10,12 @@ push). Dagster keeps backfills, the stale refresh, checks and the UI's history.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import duckdb
 
@@ -34,6 +36,7 @@ from enrich_pipeline.dagster_layer.resources import (
 )
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
+from enrich_pipeline.warehouse.connection import hold_open
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 from enrich_pipeline.warehouse.crm import merge_crm_contacts
 
@@ -44,6 +47,9 @@ MAX_ROWS_PER_PASS = 10_000
 # After a failed pass (a wrong key, a provider down), so a broken setting is not retried, and
 # paid for, every second. The rows wait; the sensor's run may take them first.
 RETRY_AFTER_S = 30.0
+# The longest a pass keeps the warehouse open between its short connections: past it (a slow
+# provider) a Dagster run waiting for the write lock gets it.
+MAX_HOLD_S = 2.0
 
 
 @dataclass
@@ -68,7 +74,10 @@ class WriteBack:
         file_destination: FileDestination,
         hubspot_destination: HubSpotDestination,
         started_at: datetime,
+        on_merged: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     ) -> None:
+        """``on_merged`` is called with the pass's connection right after its merge, before
+        any delivery: callers waiting for a record get it then."""
         self._warehouse = warehouse
         self._enrichment = enrichment
         self._pipeline = pipeline
@@ -78,9 +87,15 @@ class WriteBack:
         self._started_at = started_at
         self._after_ingest_id: int | None = None
         self._retry_at = 0.0
+        self._on_merged = on_merged
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WriteBack:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        on_merged: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> WriteBack:
         """Resources as ``definitions.py`` builds them, with the secrets' values themselves:
         outside a Dagster run there is no ``EnvVar`` to resolve them."""
         return cls(
@@ -92,6 +107,7 @@ class WriteBack:
                 settings, access_token=settings.secret("hubspot_access_token")
             ),
             started_at=utc_now(),
+            on_merged=on_merged,
         )
 
     def catch_up(self) -> None:
@@ -107,27 +123,38 @@ class WriteBack:
 
     def run_pass(self) -> WriteBackReport:
         report = WriteBackReport()
-        with self._warehouse.connect() as con:
-            if self._after_ingest_id is None:
-                self._after_ingest_id = _last_ingest_id_before(con, self._started_at)
-            landed = rows_landed_after(con, self._after_ingest_id, MAX_ROWS_PER_PASS)
-        if landed.last_ingest_id is None:
-            return report
-        ranges = contiguous_ranges(sorted(landed.rows_by_day))
-        report.rows, report.days = landed.rows, len(landed.rows_by_day)
-        for days in ranges:
-            start, end = days.first, days.last + timedelta(days=1)
+        # Every short connection of the pass shares one open file instead of opening its own.
+        with hold_open(
+            self._warehouse.warehouse_path,
+            max_hold_s=MAX_HOLD_S,
+            lock_timeout_s=self._warehouse.lock_timeout_s,
+        ):
             with self._warehouse.connect() as con:
-                rebuild_clean_contacts(con, start, end, utc_now())
-            for step in (PERSON_STEP, COMPANY_STEP):
-                work = WindowEnrichment.select(step, start, end, self._warehouse, self._pipeline)
-                work.run(self._enrichment, self._warehouse, self._pipeline, log)
-                report.api_calls += work.stats.requests
+                if self._after_ingest_id is None:
+                    self._after_ingest_id = _last_ingest_id_before(con, self._started_at)
+                landed = rows_landed_after(con, self._after_ingest_id, MAX_ROWS_PER_PASS)
+                if landed.last_ingest_id is None:
+                    return report
+                windows = [
+                    (days.first, days.last + timedelta(days=1))
+                    for days in contiguous_ranges(sorted(landed.rows_by_day))
+                ]
+                for start, end in windows:
+                    rebuild_clean_contacts(con, start, end, utc_now())
+            report.rows, report.days = landed.rows, len(landed.rows_by_day)
+            report.api_calls = self._enrich(windows)
             with self._warehouse.connect() as con:
-                merged = merge_crm_contacts(con, start, end, utc_now(), self._pipeline.merge_policy)
-            report.crm_records += merged.created + merged.updated
-        # Destinations take every changed record at once, whichever days it came from.
-        _, report.failed = deliver_to_each(self._destinations, self._pipeline, self._warehouse, log)
+                for start, end in windows:
+                    merged = merge_crm_contacts(
+                        con, start, end, utc_now(), self._pipeline.merge_policy
+                    )
+                    report.crm_records += merged.created + merged.updated
+                if self._on_merged is not None:
+                    self._on_merged(con)
+            # Destinations take every changed record at once, whichever days it came from.
+            _, report.failed = deliver_to_each(
+                self._destinations, self._pipeline, self._warehouse, log
+            )
         self._after_ingest_id = landed.last_ingest_id
         log.info(
             "write-back: %d rows over %d days built, enriched (%d API calls), %d CRM records "
@@ -139,6 +166,36 @@ class WriteBack:
             f"; failed: {'; '.join(report.failed)}" if report.failed else "",
         )
         return report
+
+    def _enrich(self, windows: list[tuple[date, date]]) -> int:
+        """Persons and companies of the windows; returns the API calls made.
+
+        The companies of the leads' own domains are looked up together with the persons, so a
+        new lead waits one provider round trip, not two; a second round then takes the domains
+        only the matched persons named. A domain of the first round that a matched person
+        turns out not to work at was looked up for nothing: a lead's work email usually names
+        the company it is at."""
+        rounds = [(PERSON_STEP, COMPANY_STEP), (COMPANY_STEP,)]
+        calls = 0
+        for steps in rounds:
+            works = [
+                WindowEnrichment.select(step, start, end, self._warehouse, self._pipeline)
+                for step in steps
+                for start, end in windows
+            ]
+            works = [work for work in works if work.selection.queries]
+            if works:
+                asyncio.run(self._run_together(works))
+            calls += sum(work.stats.requests for work in works)
+        return calls
+
+    async def _run_together(self, works: list[WindowEnrichment]) -> None:
+        await asyncio.gather(
+            *(
+                work.run_async(self._enrichment, self._warehouse, self._pipeline, log)
+                for work in works
+            )
+        )
 
 
 def _last_ingest_id_before(con: duckdb.DuckDBPyConnection, moment: datetime) -> int:

@@ -21,7 +21,12 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from enrich_pipeline.intake.enrich_now import crm_records, lead_email, preferred_wait
+from enrich_pipeline.intake.enrich_now import (
+    ReadyRecords,
+    lead_email,
+    preferred_wait,
+    read_crm_records,
+)
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.intake.requests import (
@@ -56,10 +61,13 @@ def create_intake_app(
     token: str | None,
     mover: JournalMover,
     receivers: Sequence[Receiver] = (),
+    ready: ReadyRecords | None = None,
 ) -> FastAPI:
     """The ASGI app. ``token``: the bearer token callers of ``/v1/leads`` must send (None: no
     auth, loopback only, which ``enrich-pipeline serve`` enforces). ``mover`` and the
-    receivers' background work run while the app does."""
+    receivers' background work run while the app does. ``ready``: where the write-back
+    publishes the records of callers who asked to wait (``Prefer: wait``)."""
+    ready = ready or ReadyRecords()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,41 +132,52 @@ def create_intake_app(
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise Problem(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars")
         leads = validated_leads(parse_json(await read_body(request)))
-        try:
-            accepted = await run_in_threadpool(
-                journal.append,
-                leads,
-                source=DEFAULT_SOURCE,
-                received_at=datetime.now(UTC).replace(tzinfo=None),
-                idempotency_key=key,
-            )
-        except IdempotencyConflict:
-            raise Problem(
-                422, "this Idempotency-Key was used before with a different body"
-            ) from None
-        answer = accepted_answer(accepted, response, mover.wake)
         wait_s = preferred_wait(request.headers.get("prefer"))
-        if wait_s is None:
-            return answer
-        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
         emails = [lead_email(lead) for lead in leads]
-        started = time.monotonic()
-        if None in emails or not await run_in_threadpool(
-            mover.wait_done, accepted.last_seq, wait_s
-        ):
-            return answer
-        records = await run_in_threadpool(
-            partial(
-                crm_records,
-                mover.warehouse_path,
-                [email for email in emails if email],
-                lock_timeout_s=max(wait_s - (time.monotonic() - started), 0.1),
-            )
-        )
-        if records is None or any(email not in records for email in emails):
+        # No email, no CRM record to wait for (records are keyed by email).
+        waiting = [email for email in emails if email] if wait_s is not None else []
+        if wait_s is not None and len(waiting) < len(emails):
+            waiting = []
+        ready.want(waiting)
+        try:
+            try:
+                accepted = await run_in_threadpool(
+                    journal.append,
+                    leads,
+                    source=DEFAULT_SOURCE,
+                    received_at=datetime.now(UTC).replace(tzinfo=None),
+                    idempotency_key=key,
+                )
+            except IdempotencyConflict:
+                raise Problem(
+                    422, "this Idempotency-Key was used before with a different body"
+                ) from None
+            answer = accepted_answer(accepted, response, mover.wake)
+            if wait_s is None:
+                return answer
+            response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+            started = time.monotonic()
+            if not waiting or not await run_in_threadpool(
+                mover.wait_done, accepted.last_seq, wait_s
+            ):
+                return answer
+            records = ready.take(waiting)
+            if records is None:
+                # Merged before anyone waited (a replayed request): the warehouse has it.
+                records = await run_in_threadpool(
+                    partial(
+                        read_crm_records,
+                        mover.warehouse_path,
+                        waiting,
+                        lock_timeout_s=max(wait_s - (time.monotonic() - started), 0.1),
+                    )
+                )
+        finally:
+            ready.unwant(waiting)
+        if records is None:
             return answer
         return JSONResponse(
-            {"status": "enriched", "records": [records[email] for email in emails]},
+            {"status": "enriched", "records": records},
             headers={
                 name: value
                 for name, value in response.headers.items()

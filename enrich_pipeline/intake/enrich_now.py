@@ -1,17 +1,25 @@
 """``Prefer: wait=N`` (RFC 7240): a caller who would rather wait up to N seconds for the merged
-CRM record than be told the lead is pending."""
+CRM record than be told the lead is pending.
+
+The write-back hands the records callers are waiting for to ``ReadyRecords`` straight after
+its merge, on the connection it merged with, so an answer costs no extra warehouse connection
+and does not wait for the pass's deliveries."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from enrich_pipeline.column_mapping import map_columns
 from enrich_pipeline.normalise import normalise_email
 from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
+from enrich_pipeline.warehouse.crm import crm_records
 
 MAX_WAIT_S = 10.0
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -35,30 +43,60 @@ def lead_email(lead: Mapping[str, Any]) -> str | None:
     return None
 
 
-def crm_records(
+class ReadyRecords:
+    """The merged records of the emails callers are waiting for, as the write-back publishes
+    them. Thread-safe: requests want and take from the app's threads, the write-back publishes
+    from its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wanted: Counter[str] = Counter()
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def want(self, emails: Collection[str]) -> None:
+        """Before the leads are journaled, so no merge of theirs can pass unseen."""
+        with self._lock:
+            self._wanted.update(emails)
+
+    def unwant(self, emails: Collection[str]) -> None:
+        with self._lock:
+            self._wanted.subtract(emails)
+            for email in set(emails):
+                if self._wanted[email] <= 0:
+                    del self._wanted[email]
+                    self._records.pop(email, None)
+
+    def publish_from(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read the wanted emails' records on the write-back's connection, after its merge."""
+        with self._lock:
+            wanted = list(self._wanted)
+        if not wanted:
+            return
+        found = crm_records(con, wanted)
+        with self._lock:
+            self._records.update(
+                (email, record) for email, record in found.items() if email in self._wanted
+            )
+
+    def take(self, emails: Sequence[str]) -> list[dict[str, Any]] | None:
+        """The records of ``emails`` in that order, or None unless every one was published."""
+        with self._lock:
+            if any(email not in self._records for email in emails):
+                return None
+            return [self._records[email] for email in emails]
+
+
+def read_crm_records(
     warehouse_path: str | Path, emails: Sequence[str], *, lock_timeout_s: float
-) -> dict[str, dict[str, Any]] | None:
-    """The merged CRM records of ``emails`` that exist, with their provenance; None when the
-    warehouse stays held by another process for ``lock_timeout_s``."""
+) -> list[dict[str, Any]] | None:
+    """The records of ``emails`` in that order from the warehouse itself (a replayed request,
+    merged before anyone waited), or None when one is missing or the warehouse stays held by
+    another process for ``lock_timeout_s``."""
     try:
         with connect(warehouse_path, lock_timeout_s=lock_timeout_s) as con:
-            found = con.execute(
-                """
-                SELECT * EXCLUDE (partition_date, merge_policy)
-                FROM crm_contacts WHERE email IN (SELECT unnest($emails))
-                """,
-                {"emails": list(emails)},
-            )
-            columns = [column[0] for column in found.description]
-            rows = found.fetchall()
+            found = crm_records(con, emails)
     except WarehouseBusy:
         return None
-    records = {}
-    for row in rows:
-        record = dict(zip(columns, row, strict=True))
-        record["provenance"] = json.loads(record["provenance"] or "{}")
-        records[record["email"]] = {
-            key: value.isoformat() if hasattr(value, "isoformat") else value
-            for key, value in record.items()
-        }
-    return records
+    if any(email not in found for email in emails):
+        return None
+    return [found[email] for email in emails]

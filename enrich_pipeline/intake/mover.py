@@ -2,7 +2,9 @@
 
 Woken as soon as a request is accepted, and every ``idle_s`` in any case (a lead accepted just
 before a restart is landed by the next process). Each batch is landed exactly once by
-``land_from_journal``; a warehouse held by a Dagster run only delays it.
+``land_from_journal``; a warehouse held by a Dagster run only delays it. What follows landing
+(``then``: the write-back, which waits on the provider) runs on a thread of its own, woken after
+each landing, so a slow provider never holds up landing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class JournalMover:
         self._then = then
         self._warehouse_path = warehouse_path
         self._worker = BackgroundWorker("journal-mover", self._pass, idle_s=idle_s)
+        self._follower = (
+            None if then is None else BackgroundWorker("write-back", self._follow, idle_s=idle_s)
+        )
         self._landed_through = 0
         # Journal position whose leads have been landed and then passed to ``then``.
         self._done_through = 0
@@ -48,9 +53,13 @@ class JournalMover:
 
     def start(self) -> None:
         self._worker.start()
+        if self._follower is not None:
+            self._follower.start()
 
     def stop(self) -> None:
         self._worker.stop()
+        if self._follower is not None:
+            self._follower.stop()
 
     def wake(self) -> None:
         self._worker.wake()
@@ -83,8 +92,8 @@ class JournalMover:
                 self._on_landed(report)
 
     def _pass(self) -> None:
-        """Land what the journal holds, then run ``then`` (the write-back), which handles its
-        own failures."""
+        """Land what the journal holds, then wake the write-back (or, without one, mark it
+        done)."""
         try:
             self.land_pending()
             self._last_error = None
@@ -96,8 +105,19 @@ class JournalMover:
             # The leads are safe in the journal; say why they wait and try again later.
             self._last_error = f"landing failed ({type(exc).__name__}); see the service's log"
             log.exception("landing from the journal failed; the leads stay in the journal")
-        if self._then is not None:
-            self._then()
+        if self._follower is None:
+            self._mark_done(self._landed_through)
+        else:
+            self._follower.wake()
+
+    def _follow(self) -> None:
+        """Run ``then`` (which handles its own failures) over everything landed so far."""
+        assert self._then is not None
+        landed = self._landed_through
+        self._then()
+        self._mark_done(landed)
+
+    def _mark_done(self, seq: int) -> None:
         with self._done:
-            self._done_through = self._landed_through
+            self._done_through = max(self._done_through, seq)
             self._done.notify_all()

@@ -3,8 +3,11 @@ merge policy. Where the records go from here is ``enrich_pipeline.destinations``
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import duckdb
 
@@ -221,3 +224,29 @@ def merge_crm_contacts(
         removed=removed,
         from_enrichment_email=from_enrichment,
     )
+
+
+def crm_records(
+    con: duckdb.DuckDBPyConnection, emails: Collection[str]
+) -> dict[str, dict[str, Any]]:
+    """The merged CRM records of those ``emails`` that have one, as JSON-ready dicts (dates as
+    ISO text) with their provenance, keyed by email."""
+    if not emails:
+        return {}
+    found = con.execute(
+        """
+        SELECT * EXCLUDE (partition_date, merge_policy)
+        FROM crm_contacts WHERE email IN (SELECT unnest($emails))
+        """,
+        {"emails": list(emails)},
+    )
+    columns = [column[0] for column in found.description]
+    records = {}
+    for row in found.fetchall():
+        record = dict(zip(columns, row, strict=True))
+        record["provenance"] = json.loads(record["provenance"] or "{}")
+        records[record["email"]] = {
+            key: value.isoformat() if hasattr(value, "isoformat") else value
+            for key, value in record.items()
+        }
+    return records
