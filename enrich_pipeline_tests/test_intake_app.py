@@ -5,6 +5,7 @@ landing in raw_contacts."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,18 @@ async def test_leads_are_accepted_while_a_run_holds_the_warehouse(
         release(holder)
     assert mover.land_pending() == 1
     assert landed(settings) == [("ada@analytical-engines.io", "Ada", "AE", "api")]
+
+
+async def test_each_request_is_logged_without_values_or_the_token(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="enrich_pipeline.intake.access"):
+        await client.post("/v1/leads?ref=ada@analytical-engines.io", json=ADA, headers=AUTH)
+        await client.post("/v1/leads", json=ADA)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith(".access")]
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [
+        ("POST", "/v1/leads", 202),
+        ("POST", "/v1/leads", 401),
+    ]
+    logged = caplog.text
+    assert "analytical-engines" not in logged and "Ada" not in logged and TOKEN not in logged

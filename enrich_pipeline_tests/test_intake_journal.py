@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -132,3 +133,74 @@ def test_concurrent_appends_get_contiguous_ranges(path: Path, journal: IntakeJou
         assert [by_seq[s] for s in range(accepted.first_seq, accepted.last_seq + 1)] == [
             f"{t}-{r}-{i}@x.com" for i in range(per_request)
         ]
+
+
+def test_a_key_conflict_fails_only_its_own_caller_among_concurrent_appends(
+    journal: IntakeJournal,
+) -> None:
+    threads = 12
+    start = threading.Barrier(threads)
+    outcomes: dict[int, Accepted | Exception] = {}
+
+    def client(t: int) -> None:
+        # Threads 0 and 1 send different bodies under one key: whichever commits first wins.
+        key = "shared" if t < 2 else f"key-{t}"
+        start.wait()
+        try:
+            outcomes[t] = journal.append(
+                [{"email": f"{t}@x.com"}], source="form", received_at=NOW, idempotency_key=key
+            )
+        except IdempotencyConflict as exc:
+            outcomes[t] = exc
+
+    workers = [threading.Thread(target=client, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    conflicts = [t for t, outcome in outcomes.items() if isinstance(outcome, Exception)]
+    assert len(conflicts) == 1 and conflicts[0] in (0, 1)
+    assert journal.last_seq() == threads - 1
+    landed = {e.lead["email"] for e in journal.read_after(0, threads)}
+    assert landed == {f"{t}@x.com" for t in range(threads) if t != conflicts[0]}
+
+
+def test_appends_in_one_turn_of_an_event_loop_get_their_own_ranges_and_conflicts(
+    journal: IntakeJournal,
+) -> None:
+    requests: list[tuple[str, str | None]] = [
+        ("a", None),
+        ("b", "key-b"),
+        ("c", "key-c"),
+        ("c", "key-c"),  # the same body again: a replay of the request before
+        ("d", "key-c"),  # another body under that key: its caller alone is refused
+        ("e", None),
+    ]
+
+    async def send_all() -> list[Accepted | BaseException]:
+        return await asyncio.gather(
+            *(
+                journal.append_async(
+                    [{"email": f"{name}1@x.com"}, {"email": f"{name}2@x.com"}],
+                    source="api",
+                    received_at=NOW,
+                    idempotency_key=key,
+                )
+                for name, key in requests
+            ),
+            return_exceptions=True,
+        )
+
+    a, b, c, c_again, d, e = asyncio.run(send_all())
+    assert isinstance(d, IdempotencyConflict)
+    assert [a, b, c, c_again, e] == [
+        Accepted(1, 2, 2, replayed=False),
+        Accepted(3, 4, 2, replayed=False),
+        Accepted(5, 6, 2, replayed=False),
+        Accepted(5, 6, 2, replayed=True),
+        Accepted(7, 8, 2, replayed=False),
+    ]
+    assert [entry.lead["email"] for entry in journal.read_after(0, 10)] == [
+        f"{name}{i}@x.com" for name in "abce" for i in (1, 2)
+    ]

@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrich_pipeline.intake.enrich_now import (
     ReadyRecords,
@@ -89,30 +90,11 @@ def create_intake_app(
 
     for receiver in receivers:
         app.include_router(receiver.router)
+    app.add_middleware(AccessLog)
 
     @app.exception_handler(Problem)
     async def problem_answer(request: Request, exc: Problem) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-
-    @app.middleware("http")
-    async def log_access(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # One structured line per request: method, path, status and timing; never a body, a
-        # query string or a header value, which may carry personal data or the token.
-        started = time.perf_counter()
-        response = await call_next(request)
-        access_log.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "status": response.status_code,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                }
-            )
-        )
-        return response
 
     @app.post(
         "/v1/leads",
@@ -133,16 +115,16 @@ def create_intake_app(
             raise Problem(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars")
         leads = validated_leads(parse_json(await read_body(request)))
         wait_s = preferred_wait(request.headers.get("prefer"))
-        emails = [lead_email(lead) for lead in leads]
-        # No email, no CRM record to wait for (records are keyed by email).
-        waiting = [email for email in emails if email] if wait_s is not None else []
-        if wait_s is not None and len(waiting) < len(emails):
-            waiting = []
+        waiting: list[str] = []
+        if wait_s is not None:
+            emails = [lead_email(lead) for lead in leads]
+            # No email, no CRM record to wait for (records are keyed by email).
+            if all(emails):
+                waiting = [email for email in emails if email]
         ready.want(waiting)
         try:
             try:
-                accepted = await run_in_threadpool(
-                    journal.append,
+                accepted = await journal.append_async(
                     leads,
                     source=DEFAULT_SOURCE,
                     received_at=datetime.now(UTC).replace(tzinfo=None),
@@ -192,6 +174,46 @@ def create_intake_app(
         return {"status": "ok", "journal_last_seq": last_seq, **mover.status()}
 
     return app
+
+
+class AccessLog:
+    """One structured line per request: method, path, status and timing; never a body, a query
+    string or a header value, which may carry personal data or the token. Plain ASGI rather
+    than ``@app.middleware``, which runs every request in a task group of its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app fails before it answers
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_status)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    _encode_access(
+                        {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "ms": round((time.perf_counter() - started) * 1000, 1),
+                        }
+                    )
+                )
+
+
+_encode_access = json.JSONEncoder().encode
 
 
 def _authorise(request: Request, token: str | None) -> None:

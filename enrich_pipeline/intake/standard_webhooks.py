@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
-from starlette.concurrency import run_in_threadpool
 
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
 from enrich_pipeline.intake.requests import (
@@ -82,8 +81,7 @@ class StandardWebhookReceiver:
             ) from None
         leads = validated_leads(_unwrapped(parse_json(body)))
         try:
-            accepted = await run_in_threadpool(
-                self._journal.append,
+            accepted = await self._journal.append_async(
                 leads,
                 source=SOURCE,
                 received_at=datetime.now(UTC).replace(tzinfo=None),
