@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -10,6 +13,7 @@ import pytest
 from enrich_pipeline.warehouse.connection import (
     WarehouseBusy,
     connect,
+    hold_open,
     is_lock_error,
     transaction,
 )
@@ -100,3 +104,40 @@ def test_a_failed_commit_raises_its_own_error(keyed: duckdb.DuckDBPyConnection) 
         keyed.cursor().execute("INSERT INTO t VALUES (1)")
 
     assert keyed.execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+
+def _can_another_process_write(warehouse: Path) -> bool:
+    probe = (
+        "import sys, duckdb\n"
+        "try:\n"
+        "    duckdb.connect(sys.argv[1]).close()\n"
+        "except duckdb.IOException:\n"
+        "    sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(warehouse)], timeout=60)
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_held_warehouse_is_let_go_after_its_linger_and_by_its_deadline(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    with hold_open(warehouse, max_hold_s=60, linger_s=0.2):
+        with connect(warehouse) as con:
+            con.execute(
+                "INSERT INTO raw_contacts (source, received_at, landed_at) "
+                "VALUES ('a', now(), now())"
+            )
+        assert not _can_another_process_write(warehouse), "held while the block runs"
+    # A second hold right after the first finds the file still open.
+    with hold_open(warehouse, max_hold_s=60, linger_s=0.0):
+        assert not _can_another_process_write(warehouse)
+    assert _can_another_process_write(warehouse), "let go once no hold lingers"
+
+    # A block that outlasts max_hold_s (a slow provider) lets another process in meanwhile.
+    with hold_open(warehouse, max_hold_s=0.3, linger_s=5):
+        opened = time.monotonic()
+        while not _can_another_process_write(warehouse):
+            assert time.monotonic() - opened < 30, "still held long past max_hold_s"
+        with connect(warehouse) as con:
+            (rows,) = con.execute("SELECT count(*) FROM raw_contacts").fetchone()
+    assert rows == 1

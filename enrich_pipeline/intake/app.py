@@ -69,6 +69,7 @@ def create_intake_app(
     receivers' background work run while the app does. ``ready``: where the write-back
     publishes the records of callers who asked to wait (``Prefer: wait``)."""
     ready = ready or ReadyRecords()
+    mover.add_done_listener(ready.poke)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,13 +140,14 @@ def create_intake_app(
                 return answer
             response.headers["Preference-Applied"] = f"wait={wait_s:g}"
             started = time.monotonic()
-            if not waiting or not await run_in_threadpool(
-                mover.wait_done, accepted.last_seq, wait_s
-            ):
+            if not waiting:
                 return answer
-            records = ready.take(waiting)
-            if records is None:
-                # Merged before anyone waited (a replayed request): the warehouse has it.
+            # Answered as soon as the write-back publishes the records; a replay, merged
+            # before anyone waited, is read from the warehouse once the mover is past it.
+            records = await run_in_threadpool(
+                ready.wait, waiting, wait_s, partial(mover.is_done, accepted.last_seq)
+            )
+            if records is None and mover.is_done(accepted.last_seq):
                 records = await run_in_threadpool(
                     partial(
                         read_crm_records,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ class ReadyRecords:
     from its own."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._wanted: Counter[str] = Counter()
         self._records: dict[str, dict[str, Any]] = {}
 
@@ -77,6 +77,24 @@ class ReadyRecords:
             self._records.update(
                 (email, record) for email, record in found.items() if email in self._wanted
             )
+            self._lock.notify_all()
+
+    def poke(self) -> None:
+        """Something a waiter's ``give_up`` looks at has changed: let waiters look again."""
+        with self._lock:
+            self._lock.notify_all()
+
+    def wait(
+        self, emails: Sequence[str], timeout_s: float, give_up: Callable[[], bool]
+    ) -> list[dict[str, Any]] | None:
+        """The records of ``emails`` once every one is published, or None after ``timeout_s``
+        or once ``give_up()`` (checked when published or poked) says they will not be."""
+        with self._lock:
+            self._lock.wait_for(
+                lambda: all(email in self._records for email in emails) or give_up(),
+                timeout_s,
+            )
+        return self.take(emails)
 
     def take(self, emails: Sequence[str]) -> list[dict[str, Any]] | None:
         """The records of ``emails`` in that order, or None unless every one was published."""

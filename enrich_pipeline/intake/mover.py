@@ -18,13 +18,16 @@ from typing import Any
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import LandingReport, land_from_journal
 from enrich_pipeline.intake.worker import BackgroundWorker
-from enrich_pipeline.warehouse.connection import WarehouseBusy
+from enrich_pipeline.warehouse.connection import WarehouseBusy, hold_open
 
 log = logging.getLogger(__name__)
 
 # Short enough that a request is never blocked waiting on it: a busy warehouse is simply tried
 # again on the next wake.
 LOCK_WAIT_S = 2.0
+# How long landing keeps the warehouse open for the write-back after it, and at most.
+HOLD_LINGER_S = 0.5
+HOLD_MAX_S = 2.0
 
 
 class JournalMover:
@@ -49,6 +52,7 @@ class JournalMover:
         # Journal position whose leads have been landed and then passed to ``then``.
         self._done_through = 0
         self._done = threading.Condition()
+        self._done_listeners: list[Callable[[], None]] = []
         self._last_error: str | None = None
 
     def start(self) -> None:
@@ -68,6 +72,15 @@ class JournalMover:
     def warehouse_path(self) -> str | Path:
         return self._warehouse_path
 
+    def add_done_listener(self, listener: Callable[[], None]) -> None:
+        """Called (on the mover's threads) whenever the done position moves on."""
+        self._done_listeners.append(listener)
+
+    def is_done(self, seq: int) -> bool:
+        """Whether the lead at journal position ``seq`` has been landed and written back."""
+        with self._done:
+            return self._done_through >= seq
+
     def wait_done(self, seq: int, timeout_s: float) -> bool:
         """Whether the lead at journal position ``seq`` has been landed and written back within
         ``timeout_s`` (for a caller who asked to wait)."""
@@ -80,16 +93,26 @@ class JournalMover:
     def land_pending(self) -> int:
         """Land everything the journal holds now; returns how many entries were landed."""
         moved = 0
-        while True:
-            report: LandingReport = land_from_journal(
-                self._journal, self._warehouse_path, lock_timeout_s=LOCK_WAIT_S
-            )
+        # Landed through a position this process has seen: nothing to open the warehouse for
+        # (another process's mover may have landed more, which costs a look next time only).
+        while self._journal.last_seq() > self._landed_through:
+            # Held open a moment past the landing: the write-back that follows finds it open.
+            with hold_open(
+                self._warehouse_path,
+                max_hold_s=HOLD_MAX_S,
+                linger_s=0.0 if self._follower is None else HOLD_LINGER_S,
+                lock_timeout_s=LOCK_WAIT_S,
+            ):
+                report: LandingReport = land_from_journal(
+                    self._journal, self._warehouse_path, lock_timeout_s=LOCK_WAIT_S
+                )
             self._landed_through = report.last_seq
             moved += report.entries
             if report.entries == 0:
-                return moved
+                break
             if self._on_landed is not None:
                 self._on_landed(report)
+        return moved
 
     def _pass(self) -> None:
         """Land what the journal holds, then wake the write-back (or, without one, mark it
@@ -121,3 +144,5 @@ class JournalMover:
         with self._done:
             self._done_through = max(self._done_through, seq)
             self._done.notify_all()
+        for listener in self._done_listeners:
+            listener()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -36,11 +36,24 @@ class WarehouseBusy(RuntimeError):
     """Another process held the warehouse's write lock for longer than we were willing to wait."""
 
 
-# Files this process holds open (``hold_open``), counted: their schema was ensured on opening.
-_held: Counter[str] = Counter()
-_held_lock = threading.Lock()
 # Two of this process's connections creating the schema at once conflict in DuckDB's catalog.
 _schema_lock = threading.Lock()
+
+
+class _Keeper:
+    """The connection that keeps one file open for ``hold_open``, shared by overlapping and
+    back-to-back holds of this process, and when it must close."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, opened: float, max_hold_s: float) -> None:
+        self.con = con
+        self.close_by = opened + max_hold_s  # however busy the holds keep it
+        self.holds = 0
+        self.timer: threading.Timer | None = None
+
+
+# Files this process holds open, by resolved path; their schema was ensured on opening.
+_keepers: dict[str, _Keeper] = {}
+_keepers_lock = threading.Lock()
 
 
 @contextmanager
@@ -86,46 +99,81 @@ def connect(
 
 @contextmanager
 def hold_open(
-    path: str | Path, *, max_hold_s: float, lock_timeout_s: float = 30.0
+    path: str | Path, *, max_hold_s: float, linger_s: float = 0.0, lock_timeout_s: float = 30.0
 ) -> Iterator[None]:
-    """Keep the warehouse open in this process for a burst of short units of work, at most
-    ``max_hold_s``.
+    """Keep the warehouse open in this process for a burst of short units of work, and
+    ``linger_s`` after it, so that the next burst (the write-back after a landing) finds it
+    open; never longer than ``max_hold_s`` from opening.
 
     DuckDB shares one open database between a process's connections, so while it is held each
     ``connect`` costs a fraction of a millisecond instead of opening, and on closing
     checkpointing, the file (about 20 ms each). The holding connection runs no query. It is
-    closed after ``max_hold_s`` even if the block is still running (waiting on a slow
+    closed ``max_hold_s`` after opening even if a block is still running (waiting on a slow
     provider), so another process never waits longer than that for the write lock; later
-    connects in the block then open the file as usual."""
+    connects then open the file as usual, and the next hold opens it anew."""
     key = str(Path(path).resolve())
-    with connect(path, lock_timeout_s=lock_timeout_s) as keeper:
-        closed = threading.Event()
+    now = time.monotonic()
+    with _keepers_lock:
+        keeper = _keepers.get(key)
+        if keeper is not None and keeper.close_by <= now:
+            keeper = None  # past its time: let it close, open a new one
+        if keeper is not None:
+            keeper.holds += 1
+            if keeper.timer is not None:
+                keeper.timer.cancel()
+            _schedule_close(key, keeper, keeper.close_by - now)
+    if keeper is None:
+        keeper = _open_keeper(path, key, max_hold_s, lock_timeout_s)
+    try:
+        yield
+    finally:
+        with _keepers_lock:
+            keeper.holds -= 1
+            if keeper.holds == 0 and _keepers.get(key) is keeper:
+                assert keeper.timer is not None
+                keeper.timer.cancel()
+                linger = min(linger_s, keeper.close_by - time.monotonic())
+                if linger > 0:
+                    _schedule_close(key, keeper, linger)
+                else:
+                    _close_keeper(key, keeper)
 
-        def release() -> None:
-            with _held_lock:
-                if closed.is_set():
-                    return
-                closed.set()
-                _held[key] -= 1
-                if not _held[key]:
-                    del _held[key]
-            keeper.close()
 
-        with _held_lock:
-            _held[key] += 1
-        timer = threading.Timer(max_hold_s, release)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            release()
+def _open_keeper(path: str | Path, key: str, max_hold_s: float, lock_timeout_s: float) -> _Keeper:
+    with connect(path, lock_timeout_s=lock_timeout_s):
+        # Opened while ``connect``'s connection holds the file: no lock to wait for, and the
+        # schema is ensured. It outlives that connection.
+        con = duckdb.connect(str(path))
+    keeper = _Keeper(con, time.monotonic(), max_hold_s)
+    keeper.holds = 1
+    with _keepers_lock:
+        if key in _keepers:
+            _close_keeper(key, _keepers[key])
+        _keepers[key] = keeper
+        _schedule_close(key, keeper, max_hold_s)
+    return keeper
+
+
+def _schedule_close(key: str, keeper: _Keeper, after_s: float) -> None:
+    def close() -> None:
+        with _keepers_lock:
+            _close_keeper(key, keeper)
+
+    keeper.timer = threading.Timer(after_s, close)
+    keeper.timer.daemon = True
+    keeper.timer.start()
+
+
+def _close_keeper(key: str, keeper: _Keeper) -> None:
+    """Under ``_keepers_lock``."""
+    if _keepers.get(key) is keeper:
+        del _keepers[key]
+    keeper.con.close()
 
 
 def _is_held(path: Path) -> bool:
-    with _held_lock:
-        return bool(_held) and str(path.resolve()) in _held
+    with _keepers_lock:
+        return bool(_keepers) and str(path.resolve()) in _keepers
 
 
 @contextmanager
