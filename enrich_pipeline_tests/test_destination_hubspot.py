@@ -383,3 +383,29 @@ def test_the_asset_delivers_to_every_destination_even_when_one_fails(
     (failure,) = [e for e in outcome.all_events if e.event_type_value == "STEP_FAILURE"]
     assert TOKEN_SETTING in str(failure.event_specific_data.error)
     assert len((export_dir / "crm_contacts.csv").read_text().splitlines()) == 4
+
+
+def test_deliveries_made_one_after_another_share_one_rate_window(
+    warehouse: WarehouseResource, hubspot: respx.MockRouter
+) -> None:
+    # The intake service's write-back delivers pass after pass with one destination.
+    destination = HubSpotDestination(access_token=TOKEN, hubspot_base_url=BASE, requests_per_10s=2)
+    fake = FakeTime()
+    starts: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        starts.append(fake.now)
+        return echo(request)
+
+    hubspot.post(PATH).mock(side_effect=answer)
+    add_records(warehouse, 1)
+    for n in range(3):
+        with warehouse.connect() as con:  # merged anew before each pass
+            con.execute(
+                "UPDATE crm_contacts SET job_title = ?, updated_at = ?",
+                [f"Analyst {n}", MERGED + timedelta(hours=n)],
+            )
+        destination.deliver(warehouse, COLUMNS, LOG, sleep=fake.sleep, clock=fake.clock)
+
+    assert len(starts) == 3
+    assert starts[2] - starts[0] >= 10, "the third call waited for the first to leave the window"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import Failure, MetadataValue
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.resources import (
@@ -26,6 +26,7 @@ from enrich_pipeline.destinations.hubspot import (
     WRITE_SCOPE,
     HubSpotAuthError,
     HubSpotClient,
+    RequestWindow,
     UpsertOutcome,
 )
 from enrich_pipeline.provider.transports import Clock, Sleep
@@ -179,6 +180,9 @@ class HubSpotDestination(SettingsResource, HubSpotSettings):
     records_per_round: int = Field(
         default=5000, description="records read, sent and recorded per round"
     )
+    # One window for every delivery made with this resource: the intake service's write-back
+    # delivers pass after pass, and together they must stay under HubSpot's limit.
+    _window: RequestWindow | None = PrivateAttr(default=None)
 
     def deliver(
         self,
@@ -235,12 +239,14 @@ class HubSpotDestination(SettingsResource, HubSpotSettings):
     ) -> None:
         """Round after round until nothing is left. A round in which every record failed (HubSpot
         down, or refusing everything) ends the run: the rest stay pending, counted as failed."""
+        if self._window is None:
+            self._window = RequestWindow(limit=self.requests_per_10s)
         async with HubSpotClient(
             token=token,
             base_url=self.hubspot_base_url,
             sleep=sleep,
             clock=clock,
-            requests_per_10s=self.requests_per_10s,
+            window=self._window,
             max_attempts=self.max_attempts,
         ) as hubspot:
             attempted, after = 0, ""

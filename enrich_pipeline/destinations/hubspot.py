@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -69,8 +70,33 @@ class UpsertOutcome:
     error: str | None
 
 
+class RequestWindow:
+    """At most ``limit`` request starts in any ``window_s`` seconds, counted across every
+    client that shares it: a service delivering pass after pass keeps one, so back-to-back
+    deliveries stay under HubSpot's limit together. Thread-safe; it holds timestamps only, so
+    event loops may come and go around it."""
+
+    def __init__(self, *, limit: int, window_s: float = RATE_WINDOW_S) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._window_s = window_s
+        self._lock = threading.Lock()
+        self._started: deque[float] = deque()
+
+    def reserve(self, now: float) -> float:
+        """Take a slot at ``now`` and return 0, or return the seconds until one frees."""
+        with self._lock:
+            while self._started and self._started[0] <= now - self._window_s:
+                self._started.popleft()
+            if len(self._started) < self.limit:
+                self._started.append(now)
+                return 0.0
+            return self._started[0] + self._window_s - now
+
+
 class SlidingWindowTransport(httpx.AsyncBaseTransport):
-    """Lets at most ``limit`` requests start in any ``window_s`` seconds.
+    """Lets a request start only when its ``RequestWindow`` has a slot.
 
     HubSpot states its limit as a plain count per 10 s, so counting our own requests keeps us
     under it without waiting for a 429 first.
@@ -80,21 +106,16 @@ class SlidingWindowTransport(httpx.AsyncBaseTransport):
         self,
         inner: httpx.AsyncBaseTransport,
         *,
-        limit: int,
-        window_s: float,
+        window: RequestWindow,
         stats: CallStats,
         clock: Clock,
         sleep: Sleep,
     ) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
         self._inner = inner
-        self._limit = limit
-        self._window_s = window_s
+        self._window = window
         self._stats = stats
         self._clock = clock
         self._sleep = sleep
-        self._started: deque[float] = deque()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._wait_for_slot()
@@ -102,14 +123,7 @@ class SlidingWindowTransport(httpx.AsyncBaseTransport):
 
     async def _wait_for_slot(self) -> None:
         # Re-check after every pause: a concurrent request may have taken the slot meanwhile.
-        while True:
-            now = self._clock()
-            while self._started and self._started[0] <= now - self._window_s:
-                self._started.popleft()
-            if len(self._started) < self._limit:
-                self._started.append(now)
-                return
-            pause = self._started[0] + self._window_s - now
+        while pause := self._window.reserve(self._clock()):
             self._stats.throttle_waits += 1
             self._stats.throttle_wait_s += pause
             await self._sleep(pause)
@@ -135,8 +149,10 @@ class HubSpotClient:
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         requests_per_10s: int = 100,
+        window: RequestWindow | None = None,
         max_attempts: int = 5,
     ) -> None:
+        """``window``: one shared with other clients (else its own of ``requests_per_10s``)."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._token = token
@@ -145,8 +161,7 @@ class HubSpotClient:
         # The window inside the retries, so that retries count against HubSpot's limit too.
         paced = SlidingWindowTransport(
             transport or httpx.AsyncHTTPTransport(),
-            limit=requests_per_10s,
-            window_s=RATE_WINDOW_S,
+            window=window or RequestWindow(limit=requests_per_10s),
             stats=self.stats,
             clock=clock,
             sleep=sleep,
