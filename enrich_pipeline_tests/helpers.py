@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import uvicorn
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
+from starlette.types import ASGIApp
 
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.sandbox import SandboxConfig, create_app
@@ -81,9 +82,16 @@ def free_port() -> int:
 @contextmanager
 def sandbox_over_http(config: SandboxConfig) -> Iterator[str]:
     """The sandbox app served by uvicorn on 127.0.0.1, as `enrich-pipeline sandbox` does."""
+    with served_over_http(create_app(config)) as url:
+        yield url
+
+
+@contextmanager
+def served_over_http(app: ASGIApp) -> Iterator[str]:
+    """An ASGI app served by uvicorn on 127.0.0.1 from a thread of this process; its URL."""
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             host="127.0.0.1",
             port=free_port(),
             log_level="warning",

@@ -18,12 +18,14 @@ from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import land_from_journal
 from enrich_pipeline.intake.mover import JournalMover
+from enrich_pipeline.sandbox.hubspot import create_hubspot_sandbox
 from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import (
     READY_S,
     intake_environment,
     materialise_range,
     metadata_of,
+    served_over_http,
     serving,
 )
 
@@ -85,6 +87,46 @@ def test_posting_a_lead_to_the_service_reaches_the_export_within_seconds(
         while "ada@analytical-engines.io" not in _export_rows(settings):
             assert time.monotonic() < deadline, "the lead did not reach the export"
             time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_posted_lead_reaches_hubspot_enriched_and_is_not_pushed_again(tmp_path: Path) -> None:
+    token = "hubspot-stand-in-token"
+    with served_over_http(create_hubspot_sandbox(token=token)) as hubspot_url:
+        env, base_url = intake_environment(
+            tmp_path,
+            warehouse_path=tmp_path / "warehouse.duckdb",
+            export_dir=tmp_path / "exports",
+            limiter_dir=tmp_path / "ratelimit",
+            match_rate=1.0,
+            crm_destinations="file,hubspot",
+            hubspot_base_url=hubspot_url,
+            hubspot_access_token=token,
+        )
+        with serving(env, base_url), httpx.Client(base_url=hubspot_url) as hubspot:
+            assert httpx.post(f"{base_url}/v1/leads", json=LEAD).status_code == 202
+            deadline = time.monotonic() + READY_S
+            while True:
+                found = hubspot.get("/_sandbox/contacts/ada@analytical-engines.io")
+                if found.status_code == 200 and found.json()["properties"].get("jobtitle"):
+                    break
+                assert time.monotonic() < deadline, "the lead did not reach HubSpot enriched"
+                time.sleep(0.05)
+            contact = found.json()["properties"]
+            # The lead's own name, the provider's title, in HubSpot's property names.
+            assert contact["firstname"] == "Ada" and contact["email"] == LEAD["Email"]
+            # Once written back, the record is not pushed again: a second lead for someone else
+            # is the only other upsert the stand-in sees.
+            assert (
+                httpx.post(f"{base_url}/v1/leads", json={"Email": "grace@hopper.dev"}).status_code
+                == 202
+            )
+            while hubspot.get("/_sandbox/contacts/grace@hopper.dev").status_code != 200:
+                assert time.monotonic() < deadline, "the second lead did not reach HubSpot"
+                time.sleep(0.05)
+            seen = hubspot.get("/_sandbox/contacts").json()
+    assert sorted(seen["contacts"]) == ["ada@analytical-engines.io", "grace@hopper.dev"]
+    assert seen["contacts"]["ada@analytical-engines.io"]["updatedAt"] == found.json()["updatedAt"]
 
 
 @pytest.mark.anyio
