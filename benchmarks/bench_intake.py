@@ -8,7 +8,7 @@ One run on this machine, every server its own process on 127.0.0.1, in four part
    so it measures its own load, not the write-back of the row before. Loads: single leads at
    fixed arrival rates (open loop), single leads and batches of 100 as fast as they are
    answered (closed loop).
-2. **``Prefer: wait=10``** with the in-process sandbox at 200 ms latency, match rate 1.0: new
+2. **``Prefer: wait=10``** with the sandbox at 200 ms latency, match rate 1.0: new
    leads one after another (each a new work email at its own company domain), then the same
    leads again once their persons are fresh.
 3. **POST to HubSpot.** ``serve`` delivering to ``enrich-pipeline hubspot-sandbox``; leads
@@ -27,8 +27,9 @@ Open-loop latency runs from each request's scheduled send time, so a backlog, in
 the server, shows up as latency (no coordinated omission).
 
 Every intake service gets its own temp dir and only the settings given here (no inherited
-``ENRICH_*``, ``HUBSPOT_*``, ``DATA_LEGION_*`` or ``DAGSTER_HOME``); the provider is always the
-in-process sandbox.
+``ENRICH_*``, ``HUBSPOT_*``, ``DATA_LEGION_*`` or ``DAGSTER_HOME``). The provider is the
+sandbox served as its own process (``enrich-pipeline sandbox``), called with a key as the real
+one is: its work is not counted in the service's process.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ import duckdb
 import httpx
 
 from enrich_pipeline.settings import environment_for
-from enrich_pipeline.warehouse.connection import connect
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-intake-token"
@@ -330,16 +330,27 @@ def running(process: Process, ready_path: str = "/healthz") -> Iterator[Process]
         process.stop()
 
 
-def service(work: Path, name: str, **settings: object) -> tuple[Process, Path]:
+SANDBOX_KEY = "bench-sandbox-key"
+
+
+def provider(work: Path, name: str, **sandbox: object) -> Process:
+    """The provider sandbox served as its own process (``enrich-pipeline sandbox``), set by
+    ``sandbox`` (its settings' field names), as the real provider is: across the network, its
+    work not in the service's process."""
+    port = free_port()
+    env = clean_env() | environment_for(accepted_api_key=SANDBOX_KEY, **sandbox)
+    command = [sys.executable, "-m", "enrich_pipeline.cli", "sandbox"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    return Process(command, env, port, work / f"{name}-provider.log")
+
+
+def service(work: Path, name: str, provider: Process, **settings: object) -> tuple[Process, Path]:
     """``enrich-pipeline serve`` with its own warehouse, journal and exports under ``work``,
-    set by ``settings`` (field names) and the defaults only; and its warehouse's path."""
+    calling ``provider`` with its key, set by ``settings`` (field names) and the defaults
+    only; and its warehouse's path."""
     home = work / name
     home.mkdir()
     warehouse = home / "warehouse.duckdb"
-    # A warehouse that has been in use: on a new file the service's first write-back pass can
-    # race the mover creating the schema, fail, and wait 30 s (seen 2026-12-02).
-    with connect(warehouse):
-        pass
     port = free_port()
     env = clean_env() | environment_for(
         warehouse_path=warehouse,
@@ -348,6 +359,8 @@ def service(work: Path, name: str, **settings: object) -> tuple[Process, Path]:
         limiter_dir=home / "ratelimit",
         intake_port=port,
         intake_token=TOKEN,
+        base_url=provider.url,
+        data_legion_api_key=SANDBOX_KEY,
         **settings,
     )
     return Process(SERVE, env, port, work / f"{name}.log"), warehouse
@@ -416,12 +429,14 @@ def part_accept(work: Path, seconds: float, rates: Sequence[int], targets: list[
         results += [open_loop(port, "bare endpoint", rate, seconds) for rate in rates]
         results += [closed_loop(port, "bare endpoint", size, seconds) for size in (1, 100)]
     loads = [(open_loop, rate) for rate in rates] + [(closed_loop, 1), (closed_loop, 100)]
-    for held in (False, True):
-        label = "intake, warehouse held" if held else "intake"
-        for n, (run, size) in enumerate(loads):
-            process, warehouse = service(work, f"accept-{'held' if held else 'free'}-{n}")
-            with running(process), lock_held(warehouse) if held else nullcontext():
-                results.append(run(process.port, label, size, seconds))
+    with running(provider(work, "accept")) as sandbox:
+        for held in (False, True):
+            label = "intake, warehouse held" if held else "intake"
+            for n, (run, size) in enumerate(loads):
+                name = f"accept-{'held' if held else 'free'}-{n}"
+                process, warehouse = service(work, name, sandbox)
+                with running(process), lock_held(warehouse) if held else nullcontext():
+                    results.append(run(process.port, label, size, seconds))
 
     print(
         table(
@@ -470,8 +485,9 @@ def part_accept(work: Path, seconds: float, rates: Sequence[int], targets: list[
 
 
 def part_prefer_wait(work: Path, count: int, targets: list[Target]) -> None:
-    process, _ = service(work, "prefer-wait", latency_ms=PROVIDER_LATENCY_MS, match_rate=1.0)
-    with running(process):
+    sandbox = provider(work, "prefer-wait", latency_ms=PROVIDER_LATENCY_MS, match_rate=1.0)
+    process, _ = service(work, "prefer-wait", sandbox)
+    with running(sandbox), running(process):
         requests = [
             post_leads(process.port, lead(i, "wait"), {"Prefer": "wait=10"}) for i in range(count)
         ]
@@ -584,16 +600,16 @@ def part_hubspot(work: Path, count: int, rate: float, targets: list[Target]) -> 
     command += ["--requests-per-10s", str(HUBSPOT_PER_10S), "--latency-ms", str(HUBSPOT_LATENCY_MS)]
     stand_in = Process(command, clean_env(), port, work / "hubspot-sandbox.log")
     with running(stand_in, ready_path="/_sandbox/contacts/nobody@bench.example"):
+        sandbox = provider(work, "hubspot", latency_ms=PROVIDER_LATENCY_MS, match_rate=1.0)
         process, _ = service(
             work,
             "hubspot",
-            latency_ms=PROVIDER_LATENCY_MS,
-            match_rate=1.0,
+            sandbox,
             crm_destinations="file,hubspot",
             hubspot_base_url=stand_in.url,
             hubspot_access_token=HUBSPOT_TOKEN,
         )
-        with running(process):
+        with running(sandbox), running(process):
             statuses, arrived = asyncio.run(post_and_watch(process.port, stand_in.url, count, rate))
     # A contact that never arrived counts as infinitely late, so it cannot flatter a percentile.
     delays = list(arrived.values()) + [float("inf")] * (count - len(arrived))
@@ -722,8 +738,9 @@ def part_kill(work: Path, seconds: float, targets: list[Target]) -> None:
     rate, senders = 200, 8
     count = int(rate * seconds)
     run = KillRun(killed_after_s=round(random.uniform(0.2, 0.8) * seconds, 2))
-    process, warehouse = service(work, "kill")
-    with running(process):
+    sandbox = provider(work, "kill")
+    process, warehouse = service(work, "kill", sandbox)
+    with running(sandbox), running(process):
         asyncio.run(post_through_kill(process, count, rate, senders, run))
         process.wait_ready()
         status = wait_landed(process)
