@@ -8,13 +8,19 @@ import gc
 import ipaddress
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enrich_pipeline.ingest import IngestError, ingest_file
 from enrich_pipeline.settings import IntakeSettings, SettingError, Settings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import WarehouseBusy
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
+    from enrich_pipeline.intake.mover import JournalMover
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -53,14 +59,12 @@ def _hubspot_sandbox(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from enrich_pipeline.dagster_layer.landing_events import report_landing
-    from enrich_pipeline.dagster_layer.write_back import WriteBack
     from enrich_pipeline.destinations.hubspot import HubSpotClient
     from enrich_pipeline.intake.app import create_intake_app
     from enrich_pipeline.intake.enrich_now import ReadyRecords
     from enrich_pipeline.intake.hubspot_webhooks import HubSpotWebhookReceiver
     from enrich_pipeline.intake.journal import IntakeJournal
-    from enrich_pipeline.intake.mover import JournalMover
+    from enrich_pipeline.intake.mover_process import MoverProcess
     from enrich_pipeline.intake.standard_webhooks import StandardWebhookReceiver
 
     settings = Settings.from_env()
@@ -74,12 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     journal = IntakeJournal(settings.intake_journal_path)
     ready = ReadyRecords()
-    mover = JournalMover(
-        journal,
-        settings.warehouse_path,
-        on_landed=lambda report: report_landing(report, source="intake"),
-        then=WriteBack.from_settings(settings, on_merged=ready.publish_from).catch_up,
-    )
+    mover = MoverProcess(_intake_mover, settings.warehouse_path, ready)
     hubspot_token = settings.secret("hubspot_access_token")
     receivers = [
         StandardWebhookReceiver(journal, secret=settings.secret("webhook_secret"), wake=mover.wake),
@@ -97,12 +96,29 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_intake_app(journal, token=token, mover=mover, receivers=receivers, ready=ready)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(f"Intake listening on http://{host}:{port}: POST /v1/leads, API docs at /docs")
-    # Dagster and pandas leave a million long-lived objects behind; moved out of the
-    # collector's reach, a full collection stops pausing requests for tens of milliseconds.
+    # What start-up leaves behind lives as long as the process; moved out of the collector's
+    # reach, a full collection stops pausing requests for milliseconds at a time.
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
     return 0
+
+
+def _intake_mover(publish: Callable[[DuckDBPyConnection], None]) -> JournalMover:
+    """The intake service's mover, built in its own process (``MoverProcess``): lands the
+    journal, then writes back, publishing the merged records callers wait for."""
+    from enrich_pipeline.dagster_layer.landing_events import report_landing
+    from enrich_pipeline.dagster_layer.write_back import WriteBack
+    from enrich_pipeline.intake.journal import IntakeJournal
+    from enrich_pipeline.intake.mover import JournalMover
+
+    settings = Settings.from_env()
+    return JournalMover(
+        IntakeJournal(settings.intake_journal_path),
+        settings.warehouse_path,
+        on_landed=lambda report: report_landing(report, source="intake"),
+        then=WriteBack.from_settings(settings, on_merged=publish).catch_up,
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,6 +6,7 @@ clients retrying under their Idempotency-Key, lands none twice; and what it land
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,23 @@ def _post(base_url: str, i: int) -> bool:
     return answer.status_code == 202
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive, not merely a zombie left for a parent that is gone to reap."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
     tmp_path: Path, settings: Settings
@@ -67,10 +85,17 @@ def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
     with serving(env, base_url) as service, ThreadPoolExecutor(8) as pool:
         sent = [pool.submit(send, i) for i in range(LEADS)]
         assert enough.wait(READY_S)
+        mover_processes = _children(service.pid)
+        assert mover_processes, "the mover runs in a process of its own"
         service.kill()  # SIGKILL: no shutdown, no flush, mid-request for some
         for future in sent:
             future.result()
     assert KILL_AFTER <= len(acknowledged) < LEADS
+    # The mover's process does not outlive the service it served.
+    deadline = time.monotonic() + READY_S
+    while any(_running(pid) for pid in mover_processes):
+        assert time.monotonic() < deadline, "the mover process outlived the killed service"
+        time.sleep(0.05)
 
     # Clients retry what was never acknowledged, under the same key.
     with serving(env, base_url):

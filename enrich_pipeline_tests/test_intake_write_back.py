@@ -90,6 +90,20 @@ def test_posting_a_lead_to_the_service_reaches_the_export_within_seconds(
 
 
 @pytest.mark.slow
+def test_the_service_answers_prefer_wait_from_its_mover_process(tmp_path: Path) -> None:
+    env, base_url = intake_environment(tmp_path, match_rate=1.0)
+    with serving(env, base_url):
+        answer = httpx.post(
+            f"{base_url}/v1/leads", json=LEAD, headers={"Prefer": "wait=10"}, timeout=30
+        )
+        health = httpx.get(f"{base_url}/healthz").json()
+    assert answer.status_code == 200, answer.text
+    (record,) = answer.json()["records"]
+    assert record["email"] == "ada@analytical-engines.io" and record["job_title"]
+    assert health["landed_through_seq"] == health["journal_last_seq"] == 1
+
+
+@pytest.mark.slow
 def test_a_posted_lead_reaches_hubspot_enriched_and_is_not_pushed_again(tmp_path: Path) -> None:
     token = "hubspot-stand-in-token"
     with served_over_http(create_hubspot_sandbox(token=token)) as hubspot_url:

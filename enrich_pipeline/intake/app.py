@@ -11,10 +11,11 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -29,7 +30,6 @@ from enrich_pipeline.intake.enrich_now import (
     read_crm_records,
 )
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
-from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.intake.requests import (
     LeadsAccepted,
     Problem,
@@ -43,6 +43,26 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 DEFAULT_SOURCE = "api"
 
 access_log = logging.getLogger("enrich_pipeline.intake.access")
+
+
+class Mover(Protocol):
+    """What moves accepted leads on: a ``JournalMover`` in this process, or a
+    ``MoverProcess`` running one in a child."""
+
+    @property
+    def warehouse_path(self) -> str | Path: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def is_done(self, seq: int) -> bool: ...
+
+    def add_done_listener(self, listener: Callable[[], None]) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 class Receiver(Protocol):
@@ -60,7 +80,7 @@ def create_intake_app(
     journal: IntakeJournal,
     *,
     token: str | None,
-    mover: JournalMover,
+    mover: Mover,
     receivers: Sequence[Receiver] = (),
     ready: ReadyRecords | None = None,
 ) -> FastAPI:

@@ -52,11 +52,22 @@ class ReadyRecords:
         self._lock = threading.Condition()
         self._wanted: Counter[str] = Counter()
         self._records: dict[str, dict[str, Any]] = {}
+        self._listeners: list[Callable[[Counter[str]], None]] = []
+
+    def on_wanted(self, listener: Callable[[Counter[str]], None]) -> None:
+        """``listener`` hears every change to the wanted emails, as counts to add (a write-back
+        in another process keeps its own copy)."""
+        self._listeners.append(listener)
+
+    def wanted(self) -> list[str]:
+        with self._lock:
+            return list(self._wanted)
 
     def want(self, emails: Collection[str]) -> None:
         """Before the leads are journaled, so no merge of theirs can pass unseen."""
         with self._lock:
             self._wanted.update(emails)
+        self._tell(Counter(emails))
 
     def unwant(self, emails: Collection[str]) -> None:
         with self._lock:
@@ -65,19 +76,26 @@ class ReadyRecords:
                 if self._wanted[email] <= 0:
                     del self._wanted[email]
                     self._records.pop(email, None)
+        self._tell(Counter({email: -n for email, n in Counter(emails).items()}))
 
     def publish_from(self, con: duckdb.DuckDBPyConnection) -> None:
         """Read the wanted emails' records on the write-back's connection, after its merge."""
-        with self._lock:
-            wanted = list(self._wanted)
-        if not wanted:
-            return
-        found = crm_records(con, wanted)
+        wanted = self.wanted()
+        if wanted:
+            self.publish(crm_records(con, wanted))
+
+    def publish(self, records: Mapping[str, dict[str, Any]]) -> None:
+        """Merged records by email; those still wanted are kept for their callers."""
         with self._lock:
             self._records.update(
-                (email, record) for email, record in found.items() if email in self._wanted
+                (email, record) for email, record in records.items() if email in self._wanted
             )
             self._lock.notify_all()
+
+    def _tell(self, change: Counter[str]) -> None:
+        if change:
+            for listener in self._listeners:
+                listener(change)
 
     def poke(self) -> None:
         """Something a waiter's ``give_up`` looks at has changed: let waiters look again."""

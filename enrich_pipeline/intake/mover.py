@@ -73,8 +73,15 @@ class JournalMover:
         return self._warehouse_path
 
     def add_done_listener(self, listener: Callable[[], None]) -> None:
-        """Called (on the mover's threads) whenever the done position moves on."""
+        """Called (on the mover's threads) whenever the done position or ``status()`` may
+        have moved on."""
         self._done_listeners.append(listener)
+
+    @property
+    def done_through(self) -> int:
+        """The journal position through which leads are landed and written back."""
+        with self._done:
+            return self._done_through
 
     def is_done(self, seq: int) -> bool:
         """Whether the lead at journal position ``seq`` has been landed and written back."""
@@ -131,6 +138,7 @@ class JournalMover:
         if self._follower is None:
             self._mark_done(self._landed_through)
         else:
+            self._tell_listeners()  # landed: status() has moved on
             self._follower.wake()
 
     def _follow(self) -> None:
@@ -144,5 +152,8 @@ class JournalMover:
         with self._done:
             self._done_through = max(self._done_through, seq)
             self._done.notify_all()
+        self._tell_listeners()
+
+    def _tell_listeners(self) -> None:
         for listener in self._done_listeners:
             listener()

@@ -1,0 +1,173 @@
+"""The journal mover, and the write-back after it, in a process of their own.
+
+Landing, enriching and merging hold Python's GIL for tens of milliseconds at a time; in the
+process that accepts leads, every such stretch is a pause in answering them. In a child process
+they cost the acceptor only a share of the CPU. The two talk over a pipe: the acceptor says
+"there is more in the journal" and which emails callers wait for; the child says how far it has
+landed and written back, and hands over the merged records callers wait for.
+
+The child ends when the pipe does: when the acceptor stops, or is killed (``kill -9``), it
+stops after its current step. What it was doing is safe either way: landing is exactly once by
+the warehouse's watermark, and the next process picks up from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections import Counter
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from enrich_pipeline.intake.enrich_now import ReadyRecords
+from enrich_pipeline.intake.mover import JournalMover
+from enrich_pipeline.warehouse.crm import crm_records
+
+log = logging.getLogger(__name__)
+
+# How the child builds its mover: a module-level function (the child imports it by name),
+# given a callback that publishes the wanted records from the write-back's connection.
+MoverFactory = Callable[[Callable[[duckdb.DuckDBPyConnection], None]], JournalMover]
+
+# A stop waits this long for the child's current step before the child is terminated.
+STOP_WAIT_S = 10.0
+
+
+class MoverProcess:
+    """What the intake app needs of a ``JournalMover`` (wake it, how far it is done, its
+    status), with the mover running in a child process built by ``factory``. Records the
+    write-back merges for waiting callers arrive in ``ready``."""
+
+    def __init__(
+        self, factory: MoverFactory, warehouse_path: str | Path, ready: ReadyRecords
+    ) -> None:
+        self._factory = factory
+        self._warehouse_path = warehouse_path
+        self._ready = ready
+        ready.on_wanted(self._send_wanted)
+        self._send_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._done_through = 0
+        self._status: dict[str, Any] = {"landed_through_seq": 0, "landing_error": None}
+        self._done_listeners: list[Callable[[], None]] = []
+        self._conn: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def warehouse_path(self) -> str | Path:
+        return self._warehouse_path
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_run_child, args=(child_end, self._factory), name="intake-mover", daemon=True
+        )
+        self._process.start()
+        child_end.close()
+        self._reader = threading.Thread(target=self._read, name="mover-messages", daemon=True)
+        self._reader.start()
+        self._send_wanted(Counter(self._ready.wanted()))
+
+    def stop(self) -> None:
+        if self._process is None or self._conn is None:
+            return
+        self._send(("stop",))
+        self._process.join(STOP_WAIT_S)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        self._conn.close()
+        if self._reader is not None:
+            self._reader.join()
+        self._process = self._conn = self._reader = None
+
+    def wake(self) -> None:
+        self._send(("wake",))
+
+    def add_done_listener(self, listener: Callable[[], None]) -> None:
+        self._done_listeners.append(listener)
+
+    def is_done(self, seq: int) -> bool:
+        with self._state:
+            return self._done_through >= seq
+
+    def status(self) -> dict[str, Any]:
+        with self._state:
+            return dict(self._status)
+
+    def _send_wanted(self, change: Counter[str]) -> None:
+        if change:
+            self._send(("wanted", dict(change)))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._conn is None:
+            return
+        try:
+            with self._send_lock:
+                self._conn.send(message)
+        except (BrokenPipeError, OSError):
+            # The child is gone; leads wait in the journal for the next process.
+            log.warning("the intake mover process is not running; leads wait in the journal")
+
+    def _read(self) -> None:
+        assert self._conn is not None
+        while True:
+            try:
+                kind, *body = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "records":
+                self._ready.publish(body[0])
+            elif kind == "done":
+                with self._state:
+                    self._done_through, self._status = body
+                for listener in self._done_listeners:
+                    listener()
+
+
+def _run_child(conn: Connection, factory: MoverFactory) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    send_lock = threading.Lock()
+    wanted: Counter[str] = Counter()
+    wanted_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        try:
+            with send_lock:
+                conn.send(message)
+        except (BrokenPipeError, OSError):
+            pass  # the acceptor is gone; the pipe's end stops this process
+
+    def publish(con: duckdb.DuckDBPyConnection) -> None:
+        with wanted_lock:
+            emails = list(wanted)
+        if emails:
+            send(("records", crm_records(con, emails)))
+
+    mover = factory(publish)
+    mover.add_done_listener(lambda: send(("done", mover.done_through, mover.status())))
+    mover.start()
+    try:
+        while True:
+            try:
+                kind, *body = conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "stop":
+                return
+            if kind == "wake":
+                mover.wake()
+            elif kind == "wanted":
+                with wanted_lock:
+                    wanted.update(body[0])
+                    for email in [email for email, n in wanted.items() if n <= 0]:
+                        del wanted[email]
+    finally:
+        mover.stop()
