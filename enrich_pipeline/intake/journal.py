@@ -122,6 +122,20 @@ class IntakeJournal:
         self._loop_group: list[tuple[_Append, asyncio.Future[Accepted]]] = []
         # Autocommit mode: transactions are begun explicitly, one per commit group.
         self._con = durable_sqlite(path, busy_timeout_s=_BUSY_TIMEOUT_S, isolation_level=None)
+        self._journal_id = self._existing_id() or self._create()
+
+    def _existing_id(self) -> str | None:
+        """The id of a journal made before, read without the file's write lock: a second
+        process opening the journal (the mover's) must not make the first one's commits wait."""
+        try:
+            row = self._con.execute(
+                "SELECT value FROM journal_meta WHERE key = 'journal_id'"
+            ).fetchone()
+        except sqlite3.OperationalError:  # no such table: a new file
+            return None
+        return None if row is None else str(row[0])
+
+    def _create(self) -> str:
         with self._write():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -131,9 +145,10 @@ class IntakeJournal:
                 "INSERT OR IGNORE INTO journal_meta (key, value) VALUES ('journal_id', ?)",
                 [uuid.uuid4().hex],
             )
-            (self._journal_id,) = self._con.execute(
+            (journal_id,) = self._con.execute(
                 "SELECT value FROM journal_meta WHERE key = 'journal_id'"
             ).fetchone()
+        return str(journal_id)
 
     @property
     def journal_id(self) -> str:

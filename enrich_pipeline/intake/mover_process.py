@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -50,7 +51,11 @@ class MoverProcess:
         self._warehouse_path = warehouse_path
         self._ready = ready
         ready.on_wanted(self._send_wanted)
-        self._send_lock = threading.Lock()
+        # Messages go out from a thread of their own, in order: a write to the pipe blocks while
+        # the child is not reading (it is starting up), and that must never be the event loop.
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._wake_queued = threading.Event()
+        self._sender: threading.Thread | None = None
         self._state = threading.Condition()
         self._done_through = 0
         self._status: dict[str, Any] = {"landed_through_seq": 0, "landing_error": None}
@@ -73,12 +78,17 @@ class MoverProcess:
         child_end.close()
         self._reader = threading.Thread(target=self._read, name="mover-messages", daemon=True)
         self._reader.start()
+        self._sender = threading.Thread(target=self._send_all, name="mover-outbox", daemon=True)
+        self._sender.start()
         self._send_wanted(Counter(self._ready.wanted()))
 
     def stop(self) -> None:
         if self._process is None or self._conn is None:
             return
         self._send(("stop",))
+        self._outbox.put(None)
+        if self._sender is not None:
+            self._sender.join()
         self._process.join(STOP_WAIT_S)
         if self._process.is_alive():
             self._process.terminate()
@@ -86,10 +96,13 @@ class MoverProcess:
         self._conn.close()
         if self._reader is not None:
             self._reader.join()
-        self._process = self._conn = self._reader = None
+        self._process = self._conn = self._reader = self._sender = None
 
     def wake(self) -> None:
-        self._send(("wake",))
+        # One wake waiting to go out is enough, however many requests arrive meanwhile.
+        if not self._wake_queued.is_set():
+            self._wake_queued.set()
+            self._send(("wake",))
 
     def add_done_listener(self, listener: Callable[[], None]) -> None:
         self._done_listeners.append(listener)
@@ -100,21 +113,31 @@ class MoverProcess:
 
     def status(self) -> dict[str, Any]:
         with self._state:
-            return dict(self._status)
+            status = dict(self._status)
+        if self._process is not None and not self._process.is_alive():
+            status["landing_error"] = "the mover process has stopped; see the service's log"
+        return status
 
     def _send_wanted(self, change: Counter[str]) -> None:
         if change:
             self._send(("wanted", dict(change)))
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        if self._conn is None:
-            return
-        try:
-            with self._send_lock:
+        self._outbox.put(message)
+
+    def _send_all(self) -> None:
+        assert self._conn is not None
+        gone = False
+        while (message := self._outbox.get()) is not None:
+            if message[0] == "wake":
+                self._wake_queued.clear()
+            try:
                 self._conn.send(message)
-        except (BrokenPipeError, OSError):
-            # The child is gone; leads wait in the journal for the next process.
-            log.warning("the intake mover process is not running; leads wait in the journal")
+            except OSError:  # BrokenPipeError included
+                # The child is gone; leads wait in the journal for the next process.
+                if not gone:
+                    log.error("the intake mover process has stopped; leads wait in the journal")
+                gone = True
 
     def _read(self) -> None:
         assert self._conn is not None
