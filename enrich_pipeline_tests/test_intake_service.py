@@ -5,6 +5,7 @@ clients retrying under their Idempotency-Key, lands none twice; and what it land
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -110,6 +111,28 @@ def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
     emails = Counter(email for (email,) in rows)
     assert set(emails) == {f"lead{i}@stream.example" for i in range(LEADS)}
     assert max(emails.values()) == 1, "a lead landed twice"
+
+
+@pytest.mark.slow
+def test_the_mover_process_ends_with_a_killed_service_even_mid_look_up(tmp_path: Path) -> None:
+    # A provider that takes the connection and never answers: the write-back's look-up waits
+    # on it for as long as the request timeout allows.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        env, base_url = intake_environment(
+            tmp_path,
+            base_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            data_legion_api_key="a-key-for-a-provider-that-never-answers",
+            request_timeout_s=600,
+        )
+        with serving(env, base_url) as service:
+            assert _post(base_url, 0)
+            wait_for_health(base_url, lambda health: health["landed_through_seq"] == 1)
+            mover_processes = _children(service.pid)
+            service.kill()
+        deadline = time.monotonic() + READY_S
+        while any(_running(pid) for pid in mover_processes):
+            assert time.monotonic() < deadline, "the mover process outlived the killed service"
+            time.sleep(0.05)
 
 
 def test_intake_landings_show_on_raw_contacts_in_the_dagster_ui(

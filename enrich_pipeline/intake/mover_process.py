@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 from collections import Counter
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 # given a callback that publishes the wanted records from the write-back's connection.
 MoverFactory = Callable[[Callable[[duckdb.DuckDBPyConnection], None]], JournalMover]
 
-# A stop waits this long for the child's current step before the child is terminated.
-STOP_WAIT_S = 10.0
+# The child gives its current step this long to finish when told to stop or left alone; the
+# acceptor waits a little longer before terminating it.
+CHILD_STOP_S = 5.0
+STOP_WAIT_S = CHILD_STOP_S + 2.0
 
 
 class MoverProcess:
@@ -193,4 +196,11 @@ def _run_child(conn: Connection, factory: MoverFactory) -> None:
                     for email in [email for email, n in wanted.items() if n <= 0]:
                         del wanted[email]
     finally:
-        mover.stop()
+        # A pass still waiting on the provider is given a moment, not the rest of its retries:
+        # the acceptor is gone or going, and whatever the pass had not committed is redone by
+        # the next process, as after a kill -9.
+        stopping = threading.Thread(target=mover.stop, daemon=True)
+        stopping.start()
+        stopping.join(CHILD_STOP_S)
+        logging.shutdown()
+        os._exit(0)
