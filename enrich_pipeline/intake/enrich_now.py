@@ -14,8 +14,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from enrich_pipeline.column_mapping import map_columns
 from enrich_pipeline.normalise import normalise_email
 from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
@@ -77,12 +75,6 @@ class ReadyRecords:
                     del self._wanted[email]
                     self._records.pop(email, None)
         self._tell(Counter({email: -n for email, n in Counter(emails).items()}))
-
-    def publish_from(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Read the wanted emails' records on the write-back's connection, after its merge."""
-        wanted = self.wanted()
-        if wanted:
-            self.publish(crm_records(con, wanted))
 
     def publish(self, records: Mapping[str, dict[str, Any]]) -> None:
         """Merged records by email; those still wanted are kept for their callers."""

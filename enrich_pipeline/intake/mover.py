@@ -88,12 +88,6 @@ class JournalMover:
         with self._done:
             return self._done_through >= seq
 
-    def wait_done(self, seq: int, timeout_s: float) -> bool:
-        """Whether the lead at journal position ``seq`` has been landed and written back within
-        ``timeout_s`` (for a caller who asked to wait)."""
-        with self._done:
-            return self._done.wait_for(lambda: self._done_through >= seq, timeout_s)
-
     def status(self) -> dict[str, Any]:
         return {"landed_through_seq": self._landed_through, "landing_error": self._last_error}
 
