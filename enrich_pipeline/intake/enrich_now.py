@@ -1,9 +1,9 @@
 """``Prefer: wait=N`` (RFC 7240): a caller who would rather wait up to N seconds for the merged
 CRM record than be told the lead is pending.
 
-The write-back hands the records callers are waiting for to ``ReadyRecords`` straight after
-its merge, on the connection it merged with, so an answer costs no extra warehouse connection
-and does not wait for the pass's deliveries."""
+The write-back reads the records callers are waiting for straight after its merge, on the
+connection it merged with, and they reach ``ReadyRecords`` (from the mover's process), so an
+answer costs no extra warehouse connection and does not wait for the pass's deliveries."""
 
 from __future__ import annotations
 
@@ -109,9 +109,7 @@ class ReadyRecords:
     def take(self, emails: Sequence[str]) -> list[dict[str, Any]] | None:
         """The records of ``emails`` in that order, or None unless every one was published."""
         with self._lock:
-            if any(email not in self._records for email in emails):
-                return None
-            return [self._records[email] for email in emails]
+            return _in_order(self._records, emails)
 
 
 def read_crm_records(
@@ -125,6 +123,13 @@ def read_crm_records(
             found = crm_records(con, emails)
     except WarehouseBusy:
         return None
-    if any(email not in found for email in emails):
+    return _in_order(found, emails)
+
+
+def _in_order(
+    records: Mapping[str, dict[str, Any]], emails: Sequence[str]
+) -> list[dict[str, Any]] | None:
+    """The records of ``emails`` in that order; None unless there is one for every email."""
+    if any(email not in records for email in emails):
         return None
-    return [found[email] for email in emails]
+    return [records[email] for email in emails]
