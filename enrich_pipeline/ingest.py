@@ -36,7 +36,7 @@ _READ_CSV = (
 )
 
 # Landed columns other than the ones ingest fills itself; all nullable strings.
-_CONTACT_COLUMNS: tuple[str, ...] = (
+CONTACT_COLUMNS: tuple[str, ...] = (
     "email",
     "first_name",
     "last_name",
@@ -273,7 +273,7 @@ def _checked_sql(mapping: ColumnMapping, rows: StagedRows) -> str:
     )
     received_field = f"CASE {whens} END" if whens else "CAST(NULL AS VARCHAR)"
     contact_values = ",\n        ".join(
-        f"{first_filled(col, raw=col == 'email')} AS {col}" for col in _CONTACT_COLUMNS
+        f"{first_filled(col, raw=col == 'email')} AS {col}" for col in CONTACT_COLUMNS
     )
     no_identity = " AND ".join(f"{col} IS NULL" for col in ROW_IDENTIFYING)
     return f"""
@@ -306,7 +306,7 @@ def land_checked(
 ) -> IngestReport:
     """Write ``__checked`` out, ingest ids in ``source_row`` order; runs inside the caller's
     transaction."""
-    contact_list = ", ".join(_CONTACT_COLUMNS)
+    contact_list = ", ".join(CONTACT_COLUMNS)
     # Ids are drawn from the table's own sequence in file order, into a staging table, so the
     # report can state exactly which ids this file got.
     con.execute(

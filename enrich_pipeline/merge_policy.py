@@ -6,15 +6,17 @@ never overwrites anything. Person candidates can be gated on the match's confide
 provider itself is unsure of does not replace what the lead said.
 
 The policy compiles to SQL expressions (value and provenance per field) that the CRM merge runs
-over every record at once.
+over every record at once, and evaluates in Python for one record (``merge_one``) where an answer
+cannot wait for the set-based merge; a test holds the two to the same results.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 Origin = Literal["lead", "person", "company"]
 
@@ -149,3 +151,43 @@ def provenance_sql(rule: FieldRule, policy: MergePolicy) -> str:
             f"'confidence': {confidence}, 'enriched_at': {when}}}"
         )
     return f"CASE {' '.join(branches)} END"
+
+
+def _candidate_value(
+    candidate: Candidate, rule: FieldRule, policy: MergePolicy, inputs: Mapping[str, Any]
+) -> str | None:
+    """``_candidate_sql`` for one record: ``inputs`` holds the merge query's columns."""
+    value = inputs.get(f"{PREFIX[candidate.origin]}{candidate.column}")
+    if value is None:
+        return None
+    # DuckDB's trim() removes spaces only.
+    text = str(value).strip(" ") or None
+    if text is not None and candidate.origin == "person" and rule.confidence_gated:
+        # Confidence is a StrEnum: its members are found by their text.
+        confidence = str(inputs.get("person_match_confidence") or "").lower()
+        if _CONFIDENCE_RANK.get(confidence, 0) < policy.min_confidence.rank:  # type: ignore[call-overload]
+            return None
+    return text
+
+
+def merge_one(
+    policy: MergePolicy, inputs: Mapping[str, Any]
+) -> tuple[dict[str, str | None], dict[str, dict[str, Any] | None]]:
+    """Per field, the winning value (as text, as the SQL's) and its provenance (source,
+    confidence, enriched_at), for one record whose inputs are the merge query's columns."""
+    values: dict[str, str | None] = {}
+    provenance: dict[str, dict[str, Any] | None] = {}
+    for rule in policy.rules:
+        values[rule.field] = provenance[rule.field] = None
+        for candidate in rule.candidates:
+            value = _candidate_value(candidate, rule, policy, inputs)
+            if value is not None:
+                confidence, when = _PROVENANCE[candidate.origin]
+                values[rule.field] = value
+                provenance[rule.field] = {
+                    "source": candidate.origin,
+                    "confidence": None if confidence == "NULL" else inputs.get(confidence),
+                    "enriched_at": inputs.get(when),
+                }
+                break
+    return values, provenance

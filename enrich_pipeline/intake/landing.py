@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from enrich_pipeline.column_mapping import ColumnMapping, map_columns
 from enrich_pipeline.ingest import (
+    CONTACT_COLUMNS,
     PADDING,
     ROW_IDENTIFYING,
     StagedRows,
@@ -116,6 +118,21 @@ def _lead_fields(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...
     mapping = map_columns(keys, require_identity=False)
     identity = tuple(h for col in ROW_IDENTIFYING for h in mapping.columns.get(col, ()))
     return identity, mapping.columns.get("received_at", ())
+
+
+def landed_values(lead: Mapping[str, Any]) -> dict[str, str | None]:
+    """The values a lead lands with in ``raw_contacts``, by column: the first filled of its
+    keys mapped to each, padding trimmed, the email as given."""
+    mapping = map_columns(list(lead), require_identity=False)
+    values: dict[str, str | None] = {}
+    for column in CONTACT_COLUMNS:
+        filled = (
+            (_text(lead[key]) if column == "email" else _filled(_text(lead[key])))
+            for key in mapping.columns.get(column, ())
+            if _filled(_text(lead[key]))
+        )
+        values[column] = next(filled, None)
+    return values
 
 
 def land_from_journal(

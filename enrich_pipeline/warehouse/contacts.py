@@ -6,8 +6,11 @@ append-only, so a day's row count and highest ingest id say whether anything arr
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -97,6 +100,12 @@ def check_new_rows(con: duckdb.DuckDBPyConnection, start: date, end: date, now: 
     return len(checks)
 
 
+# Read alike by the window's SQL (RE2) and by ``clean_contact`` (Python's re): whitespace is
+# spelled out, as the two engines' \s differ.
+LINKEDIN_SLUG_PATTERN = r"linkedin\.com/in/([^/?#\t\n\f\r ]+)"
+WEBSITE_DOMAIN_PATTERN = r"^(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)+)"
+LINKEDIN_PROFILE_PREFIX = "https://www.linkedin.com/in/"
+
 _NO_IDENTIFIER = (
     "no usable identifier: needs a valid email, a valid phone, a LinkedIn profile URL, "
     "or a name with a company"
@@ -104,7 +113,7 @@ _NO_IDENTIFIER = (
 
 # Window rows with everything derived that validation and dedupe need. Identity is the
 # normalised email, else the E.164 phone, else the LinkedIn profile, else name + company.
-_WINDOW_ROWS = r"""
+_WINDOW_ROWS = rf"""
 CREATE OR REPLACE TEMP TABLE window_rows AS
 WITH derived AS (
     SELECT
@@ -114,12 +123,11 @@ WITH derived AS (
         c.email_error,
         c.phone AS phone_e164,
         c.phone_error,
-        nullif(regexp_extract(lower(r.linkedin_url), 'linkedin\.com/in/([^/?#\s]+)', 1), '')
+        nullif(regexp_extract(lower(r.linkedin_url), '{LINKEDIN_SLUG_PATTERN}', 1), '')
             AS linkedin_slug,
         nullif(trim(coalesce(r.full_name, concat_ws(' ', r.first_name, r.last_name))), '')
             AS name_norm,
-        nullif(regexp_extract(lower(trim(r.website)),
-            '^(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)+)', 1), '')
+        nullif(regexp_extract(lower(trim(r.website)), '{WEBSITE_DOMAIN_PATTERN}', 1), '')
             AS website_domain
     FROM raw_contacts r
     JOIN contact_checks c USING (ingest_id)
@@ -129,7 +137,7 @@ WITH derived AS (
     SELECT
         *,
         CASE WHEN linkedin_slug IS NOT NULL
-            THEN 'https://www.linkedin.com/in/' || linkedin_slug END AS linkedin_norm,
+            THEN '{LINKEDIN_PROFILE_PREFIX}' || linkedin_slug END AS linkedin_norm,
         coalesce(
             CASE WHEN NOT list_contains($free_mail, website_domain) THEN website_domain END,
             CASE WHEN NOT list_contains($free_mail, split_part(email_norm, '@', 2))
@@ -227,6 +235,39 @@ FROM (
 )
 GROUP BY partition_date, identity
 """
+
+
+def clean_contact(landed: Mapping[str, str | None], received_at: datetime) -> dict[str, Any] | None:
+    """The ``clean_contacts`` row one landed lead (its landed values, by column) makes on its
+    own, for a lead with a valid email; None for any other. The window's SQL in Python, for an
+    answer that cannot wait for a rebuild; a test holds the two to the same rows."""
+    email = normalise_email(landed.get("email"))[0]
+    if email is None:
+        return None
+    website_domain = _found(WEBSITE_DOMAIN_PATTERN, (landed.get("website") or "").strip(" "))
+    slug = _found(LINKEDIN_SLUG_PATTERN, landed.get("linkedin_url") or "")
+    email_domain = email.partition("@")[2]
+    return {
+        "partition_date": received_at.date(),
+        "identity": email,
+        "identity_type": "email",
+        "email": email,
+        "phone": normalise_phone(landed.get("phone"))[0],
+        **{column: landed.get(column) for column in ("first_name", "last_name", "company_name")},
+        "company_domain": next(
+            (d for d in (website_domain, email_domain) if d and d not in FREE_MAIL_DOMAINS), None
+        ),
+        "website": landed.get("website"),
+        "linkedin_url": None if slug is None else LINKEDIN_PROFILE_PREFIX + slug,
+        **{column: landed.get(column) for column in ("job_title", "city", "state", "country")},
+        "last_received_at": received_at,
+    }
+
+
+def _found(pattern: str, text: str) -> str | None:
+    """``nullif(regexp_extract(lower(text), pattern, 1), '')``."""
+    found = re.search(pattern, text.lower())
+    return (found.group(1) or None) if found else None
 
 
 def rebuild_clean_contacts(
