@@ -8,7 +8,7 @@ import gc
 import ipaddress
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +18,8 @@ from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import WarehouseBusy
 
 if TYPE_CHECKING:
-    from duckdb import DuckDBPyConnection
-
     from enrich_pipeline.intake.mover import JournalMover
+    from enrich_pipeline.intake.mover_process import Publish
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -104,20 +103,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _intake_mover(publish: Callable[[DuckDBPyConnection], None]) -> JournalMover:
+def _intake_mover(publish: Publish) -> JournalMover:
     """The intake service's mover, built in its own process (``MoverProcess``): lands the
-    journal, then writes back, publishing the merged records callers wait for."""
+    journal, then writes back; and answers the callers who wait, publishing their records."""
     from enrich_pipeline.dagster_layer.landing_events import report_landing
     from enrich_pipeline.dagster_layer.write_back import WriteBack
     from enrich_pipeline.intake.journal import IntakeJournal
     from enrich_pipeline.intake.mover import JournalMover
 
     settings = Settings.from_env()
+    write_back = WriteBack.from_settings(settings, on_merged=publish.merged)
+    on_request = write_back.on_request(publish.records)
     return JournalMover(
         IntakeJournal(settings.intake_journal_path),
         settings.warehouse_path,
         on_landed=lambda report: report_landing(report, source="intake"),
-        then=WriteBack.from_settings(settings, on_merged=publish).catch_up,
+        then=write_back.catch_up,
+        on_request=on_request.submit,
+        give_way=on_request.wait_until_quiet,
     )
 
 

@@ -17,6 +17,7 @@ from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 from enrich_pipeline.warehouse.enrichment import (
     Freshness,
     stale_companies,
+    stale_for_leads,
     stale_persons,
     store_companies,
     store_persons,
@@ -408,3 +409,36 @@ def test_a_free_mail_company_domain_from_the_provider_falls_back_to_the_leads(
         selection = stale_companies(con, date(2026, 9, 1), date(2026, 9, 2), now, FRESHNESS)
     assert stored is None
     assert [q.domain for q in selection.queries] == ["realco.io"]
+
+
+def test_records_named_one_by_one_are_stale_by_the_windows_rule(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    # Every status at every age around its TTL, each kind: what stale_for_leads (Python) says
+    # of each record is what the windows' SQL (stale_persons, stale_companies) says of it.
+    ages = [0, 13.9, 14.1, 29.9, 30.1, 89.9, 90.1]
+    answers = {"matched": matched, "no_match": no_match, "error": error}
+    keys = []
+    for status, answer in answers.items():
+        for age in ages:
+            key = f"{status.replace('_', '')}-{age * 10:.0f}"  # a valid domain label
+            keys.append(key)
+            moment = NOW - timedelta(days=age)
+            store_persons(con, [answer(f"{key}@acme.example")], moment)
+            store_companies(con, [answer(f"{key}.example")], moment)
+    emails = [f"{key}@acme.example" for key in [*keys, "never-asked"]]
+    domains = [f"{key}.example" for key in [*keys, "never-asked"]]
+    leads(
+        con,
+        *(
+            {"email": email, "website": domain}
+            for email, domain in zip(emails, domains, strict=True)
+        ),
+    )
+
+    by_sql = {("person", q.key) for q in stale_persons(con, START, END, NOW, FRESHNESS).queries}
+    by_sql |= {("company", q.key) for q in stale_companies(con, START, END, NOW, FRESHNESS).queries}
+    assert stale_for_leads(con, emails, domains, NOW, FRESHNESS) == by_sql
+    assert ("person", "never-asked@acme.example") in by_sql
+    assert ("company", "matched-299.example") not in by_sql
+    assert ("company", "nomatch-141.example") in by_sql

@@ -5,8 +5,8 @@ connection, and reports the cost."""
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Self
 
@@ -108,6 +108,15 @@ class WindowEnrichment:
         with warehouse.connect() as con:
             selection = step.select(con, start, end, utc_now(), pipeline.freshness)
         return cls(step, start, end, selection, PassReport(requested=len(selection.queries)))
+
+    def only(self, keys: Collection[str]) -> Self:
+        """This work with only the look-ups of ``keys``."""
+        queries = [query for query in self.selection.queries if query.key in keys]
+        return replace(
+            self,
+            selection=StaleSelection(queries=queries, total=self.selection.total),
+            report=PassReport(requested=len(queries)),
+        )
 
     def run(
         self,

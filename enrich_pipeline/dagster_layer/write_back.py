@@ -27,13 +27,15 @@ from enrich_pipeline.dagster_layer.destinations import (
     HubSpotDestination,
     deliver_to_each,
 )
-from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment
+from enrich_pipeline.dagster_layer.enrich_on_request import EnrichOnRequest, Publish
+from enrich_pipeline.dagster_layer.enrichment_asset import EnrichmentStep, WindowEnrichment
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineResource,
     WarehouseResource,
     enrichment_resource,
 )
+from enrich_pipeline.in_flight import InFlight, Key
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
 from enrich_pipeline.warehouse.connection import hold_open
@@ -88,6 +90,8 @@ class WriteBack:
         self._after_ingest_id: int | None = None
         self._retry_at = 0.0
         self._on_merged = on_merged
+        # Shared with ``on_request``'s look-ups, so none is paid for twice.
+        self._in_flight = InFlight()
 
     @classmethod
     def from_settings(
@@ -108,6 +112,17 @@ class WriteBack:
             ),
             started_at=utc_now(),
             on_merged=on_merged,
+        )
+
+    def on_request(self, publish: Publish) -> EnrichOnRequest:
+        """Answers for callers who wait (``Prefer: wait``), with this write-back's resources;
+        what one looks up, this write-back's passes wait for instead of paying again."""
+        return EnrichOnRequest(
+            warehouse=self._warehouse,
+            enrichment=self._enrichment,
+            pipeline=self._pipeline,
+            in_flight=self._in_flight,
+            publish=publish,
         )
 
     def catch_up(self) -> None:
@@ -178,16 +193,38 @@ class WriteBack:
         rounds = [(PERSON_STEP, COMPANY_STEP), (COMPANY_STEP,)]
         calls = 0
         for steps in rounds:
-            works = [
-                WindowEnrichment.select(step, start, end, self._warehouse, self._pipeline)
-                for step in steps
-                for start, end in windows
-            ]
-            works = [work for work in works if work.selection.queries]
-            if works:
-                asyncio.run(self._run_together(works))
+            works = self._select(steps, windows)
+            # Being looked up by an answer on request: stored when it is done, so fresh.
+            if self._in_flight.wait(_keys(works)):
+                works = self._select(steps, windows)
+            keys = _keys(works)
+            mine = self._in_flight.claim(keys)
+            try:
+                works = [
+                    only
+                    for work in works
+                    if (
+                        only := work.only({k for kind, k in mine if kind == work.step.kind})
+                    ).selection.queries
+                ]
+                if works:
+                    asyncio.run(self._run_together(works))
+            finally:
+                self._in_flight.release(mine)
+            # Claimed by another look-up in the meantime: stored before the merge reads it.
+            self._in_flight.wait(keys - mine)
             calls += sum(work.stats.requests for work in works)
         return calls
+
+    def _select(
+        self, steps: tuple[EnrichmentStep, ...], windows: list[tuple[date, date]]
+    ) -> list[WindowEnrichment]:
+        works = [
+            WindowEnrichment.select(step, start, end, self._warehouse, self._pipeline)
+            for step in steps
+            for start, end in windows
+        ]
+        return [work for work in works if work.selection.queries]
 
     async def _run_together(self, works: list[WindowEnrichment]) -> None:
         await asyncio.gather(
@@ -196,6 +233,10 @@ class WriteBack:
                 for work in works
             )
         )
+
+
+def _keys(works: list[WindowEnrichment]) -> set[Key]:
+    return {(work.step.kind, query.key) for work in works for query in work.selection.queries}
 
 
 def _last_ingest_id_before(con: duckdb.DuckDBPyConnection, moment: datetime) -> int:

@@ -30,6 +30,7 @@ from enrich_pipeline.intake.enrich_now import (
     read_crm_records,
 )
 from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
+from enrich_pipeline.intake.mover import ReceivedLeads
 from enrich_pipeline.intake.requests import (
     LeadsAccepted,
     Problem,
@@ -57,6 +58,8 @@ class Mover(Protocol):
     def stop(self) -> None: ...
 
     def wake(self) -> None: ...
+
+    def enrich_now(self, leads: ReceivedLeads) -> None: ...
 
     def is_done(self, seq: int) -> bool: ...
 
@@ -143,18 +146,19 @@ def create_intake_app(
             if all(emails):
                 waiting = [email for email in emails if email]
         ready.want(waiting)
+        received_at = datetime.now(UTC).replace(tzinfo=None)
         try:
             try:
                 accepted = await journal.append_async(
-                    leads,
-                    source=DEFAULT_SOURCE,
-                    received_at=datetime.now(UTC).replace(tzinfo=None),
-                    idempotency_key=key,
+                    leads, source=DEFAULT_SOURCE, received_at=received_at, idempotency_key=key
                 )
             except IdempotencyConflict:
                 raise Problem(
                     422, "this Idempotency-Key was used before with a different body"
                 ) from None
+            if waiting and not accepted.replayed:
+                # Durable now: answered without waiting to be landed (told before the wake).
+                mover.enrich_now([(lead, received_at) for lead in leads])
             answer = accepted_answer(accepted, response, mover.wake)
             if wait_s is None:
                 return answer

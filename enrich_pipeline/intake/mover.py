@@ -4,14 +4,16 @@ Woken as soon as a request is accepted, and every ``idle_s`` in any case (a lead
 before a restart is landed by the next process). Each batch is landed exactly once by
 ``land_from_journal``; a warehouse held by a Dagster run only delays it. What follows landing
 (``then``: the write-back, which waits on the provider) runs on a thread of its own, woken after
-each landing, so a slow provider never holds up landing.
+each landing, so a slow provider never holds up landing. Leads a caller waits for go to
+``on_request`` as well, as soon as they are journaled, to be answered without waiting for both.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ LOCK_WAIT_S = 2.0
 HOLD_LINGER_S = 0.5
 HOLD_MAX_S = 2.0
 
+# Journaled leads, each with the moment it was received (naive UTC).
+ReceivedLeads = Sequence[tuple[Mapping[str, Any], datetime]]
+
 
 class JournalMover:
     def __init__(
@@ -39,8 +44,14 @@ class JournalMover:
         idle_s: float = 1.0,
         on_landed: Callable[[LandingReport], None] | None = None,
         then: Callable[[], None] | None = None,
+        on_request: Callable[[ReceivedLeads], None] | None = None,
+        give_way: Callable[[], None] | None = None,
     ) -> None:
+        """``give_way`` is called before each landing and write-back pass: it may wait a
+        moment for answers ``on_request`` is working on."""
         self._journal = journal
+        self._on_request = on_request
+        self._give_way = give_way
         self._on_landed = on_landed
         self._then = then
         self._warehouse_path = warehouse_path
@@ -67,6 +78,12 @@ class JournalMover:
 
     def wake(self) -> None:
         self._worker.wake()
+
+    def enrich_now(self, leads: ReceivedLeads) -> None:
+        """Journaled leads a caller waits for: answered by ``on_request``, if there is one,
+        besides being landed and written back as every lead is."""
+        if self._on_request is not None:
+            self._on_request(leads)
 
     @property
     def warehouse_path(self) -> str | Path:
@@ -119,6 +136,8 @@ class JournalMover:
         """Land what the journal holds, then wake the write-back (or, without one, mark it
         done)."""
         try:
+            if self._give_way is not None:
+                self._give_way()
             self.land_pending()
             self._last_error = None
         # /healthz answers anyone: it says why leads wait, the log says the details.
@@ -139,6 +158,8 @@ class JournalMover:
         """Run ``then`` (which handles its own failures) over everything landed so far."""
         assert self._then is not None
         landed = self._landed_through
+        if self._give_way is not None:
+            self._give_way()
         self._then()
         self._mark_done(landed)
 

@@ -19,7 +19,8 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,24 @@ from typing import Any
 import duckdb
 
 from enrich_pipeline.intake.enrich_now import ReadyRecords
-from enrich_pipeline.intake.mover import JournalMover
+from enrich_pipeline.intake.mover import JournalMover, ReceivedLeads
 from enrich_pipeline.warehouse.crm import crm_records
 
 log = logging.getLogger(__name__)
 
-# How the child builds its mover: a module-level function (the child imports it by name),
-# given a callback that publishes the wanted records from the write-back's connection.
-MoverFactory = Callable[[Callable[[duckdb.DuckDBPyConnection], None]], JournalMover]
+
+@dataclass(frozen=True)
+class Publish:
+    """How the child's mover hands records to the callers waiting for them."""
+
+    # From the write-back's connection, right after its merge.
+    merged: Callable[[duckdb.DuckDBPyConnection], None]
+    # Records computed for callers who wait (``EnrichOnRequest``), by email.
+    records: Callable[[Mapping[str, dict[str, Any]]], None]
+
+
+# How the child builds its mover: a module-level function (the child imports it by name).
+MoverFactory = Callable[[Publish], JournalMover]
 
 # The child gives its current step this long to finish when told to stop or left alone; the
 # acceptor waits a little longer before terminating it.
@@ -114,6 +125,9 @@ class MoverProcess:
             self._wake_queued.set()
             self._send(("wake",))
 
+    def enrich_now(self, leads: ReceivedLeads) -> None:
+        self._send(("enrich_now", list(leads)))
+
     def add_done_listener(self, listener: Callable[[], None]) -> None:
         self._done_listeners.append(listener)
 
@@ -183,13 +197,19 @@ def _run_child(conn: Connection, factory: MoverFactory) -> None:
         except (BrokenPipeError, OSError):
             pass  # the acceptor is gone; the pipe's end stops this process
 
-    def publish(con: duckdb.DuckDBPyConnection) -> None:
+    def publish_merged(con: duckdb.DuckDBPyConnection) -> None:
         with wanted_lock:
             emails = list(wanted)
         if emails:
             send(("records", crm_records(con, emails)))
 
-    mover = factory(publish)
+    def publish_records(records: Mapping[str, dict[str, Any]]) -> None:
+        with wanted_lock:
+            records = {email: record for email, record in records.items() if email in wanted}
+        if records:
+            send(("records", records))
+
+    mover = factory(Publish(merged=publish_merged, records=publish_records))
     mover.add_done_listener(lambda: send(("done", mover.done_through, mover.status())))
     mover.start()
     send(("started",))
@@ -203,6 +223,8 @@ def _run_child(conn: Connection, factory: MoverFactory) -> None:
                 return
             if kind == "wake":
                 mover.wake()
+            elif kind == "enrich_now":
+                mover.enrich_now(body[0])
             elif kind == "wanted":
                 with wanted_lock:
                     wanted.update(body[0])

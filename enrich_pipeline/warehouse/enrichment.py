@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import duckdb
@@ -38,6 +38,18 @@ class Freshness:
 
     def ttl_days(self, kind: Kind) -> int:
         return self.person_ttl_days if kind == "person" else self.company_ttl_days
+
+    def is_stale(
+        self, kind: Kind, status: str | None, enriched_at: datetime | None, now: datetime
+    ) -> bool:
+        """``stale_condition`` for one record (a test holds the two to the same answers)."""
+        if status is None or status == "error" or enriched_at is None:
+            return True
+        if status == "matched":
+            return enriched_at < now - timedelta(days=self.ttl_days(kind))
+        if status == "no_match":
+            return enriched_at < now - timedelta(days=self.no_match_retry_days)
+        return False
 
 
 Q = TypeVar("Q", PersonQuery, CompanyQuery)
@@ -113,6 +125,46 @@ def stale_persons(
     ).fetchall()
     con.execute("DROP TABLE stale_persons")
     return StaleSelection(queries=[_person_query(*row) for row in rows], total=total)
+
+
+def stale_for_leads(
+    con: duckdb.DuckDBPyConnection,
+    identities: Sequence[str],
+    domains: Sequence[str],
+    now: datetime,
+    freshness: Freshness,
+) -> set[tuple[Kind, str]]:
+    """Of these persons and companies, and of the employers of those persons already matched,
+    the records missing or past their TTL, as ``(kind, key)``: the windows' rule for records
+    named one by one, read by key (a query planned in well under a millisecond)."""
+    persons = con.execute(
+        "SELECT identity, status, enriched_at, company_domain FROM person_enrichment "
+        f"WHERE identity IN ({placeholders(identities)})",
+        list(identities),
+    ).fetchall()
+    employers = {domain for _, status, _, domain in persons if status == "matched" and domain}
+    wanted = sorted(set(domains) | employers)
+    companies = con.execute(
+        "SELECT domain, status, enriched_at FROM company_enrichment "
+        f"WHERE domain IN ({placeholders(wanted)})",
+        wanted,
+    ).fetchall()
+    found: dict[tuple[Kind, str], tuple[str, datetime]] = {
+        **{("person", key): (status, at) for key, status, at, _ in persons},
+        **{("company", key): (status, at) for key, status, at in companies},
+    }
+    wanted_keys: list[tuple[Kind, str]] = [("person", i) for i in identities]
+    wanted_keys += [("company", d) for d in wanted]
+    return {
+        (kind, key)
+        for kind, key in wanted_keys
+        if freshness.is_stale(kind, *found.get((kind, key), (None, None)), now)
+    }
+
+
+def placeholders(values: Sequence[object]) -> str:
+    """``?`` for each value, for ``IN (...)``; a list that is empty matches nothing."""
+    return ", ".join("?" * len(values)) or "NULL"
 
 
 def _person_query(
