@@ -4,14 +4,19 @@ the HubSpot read-back each run one, so a request only stores and wakes, never wa
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 
 class BackgroundWorker:
-    def __init__(self, name: str, work: Callable[[], None], *, idle_s: float) -> None:
+    def __init__(
+        self, name: str, work: Callable[[], None], *, idle_s: float, min_interval_s: float = 0.0
+    ) -> None:
+        """``min_interval_s``: passes start at least this far apart; wakes meanwhile make one."""
         self._name = name
         self._work = work
         self._idle_s = idle_s
+        self._min_interval_s = min_interval_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -37,4 +42,6 @@ class BackgroundWorker:
         while not self._stop.is_set():
             self._wake.wait(self._idle_s)
             self._wake.clear()
+            started = time.monotonic()
             self._work()
+            self._stop.wait(self._min_interval_s - (time.monotonic() - started))

@@ -47,6 +47,7 @@ class _Keeper:
     def __init__(self, con: duckdb.DuckDBPyConnection, opened: float, max_hold_s: float) -> None:
         self.con = con
         self.close_by = opened + max_hold_s  # however busy the holds keep it
+        self.linger_until = opened  # the latest a released hold asked it to stay open
         self.holds = 0
         self.timer: threading.Timer | None = None
 
@@ -129,10 +130,13 @@ def hold_open(
     finally:
         with _keepers_lock:
             keeper.holds -= 1
+            now = time.monotonic()
+            keeper.linger_until = max(keeper.linger_until, now + linger_s)
             if keeper.holds == 0 and _keepers.get(key) is keeper:
                 assert keeper.timer is not None
                 keeper.timer.cancel()
-                linger = min(linger_s, keeper.close_by - time.monotonic())
+                # A hold without linger ending after one with it leaves the file open for that.
+                linger = min(keeper.linger_until, keeper.close_by) - now
                 if linger > 0:
                     _schedule_close(key, keeper, linger)
                 else:

@@ -290,12 +290,13 @@ def preview_crm_records(
     for lead in _rows(con, "clean_contacts", _PREVIEW_LEAD_COLUMNS, "email", emails):
         leads[lead["partition_date"], lead["identity"]] = lead | {"crm_email": lead["identity"]}
     joined = dict(
-        con.execute(
+        _by_keys(
+            con,
             "SELECT identity, lower(trim(work_email)) FROM person_enrichment "
             "WHERE status = 'matched' AND identity_type <> 'email' "
-            f"AND lower(trim(work_email)) IN ({placeholders(emails)})",
+            "AND lower(trim(work_email)) IN ({keys})",
             emails,
-        ).fetchall()
+        )
     )
     for lead in _rows(con, "clean_contacts", _PREVIEW_LEAD_COLUMNS, "identity", list(joined)):
         leads[lead["partition_date"], lead["identity"]] = lead | {
@@ -318,11 +319,12 @@ def preview_crm_records(
         )
     }
     job_changes = dict(
-        con.execute(
+        _by_keys(
+            con,
             "SELECT identity, max(detected_at) FROM job_changes "
-            f"WHERE identity IN ({placeholders(identities)}) GROUP BY identity",
+            "WHERE identity IN ({keys}) GROUP BY identity",
             identities,
-        ).fetchall()
+        )
     )
     inputs = {
         email: _merge_inputs(
@@ -339,11 +341,12 @@ def preview_crm_records(
     )
     companies = {
         domain: values
-        for domain, *values in con.execute(
+        for domain, *values in _by_keys(
+            con,
             "SELECT domain, name, industry, employee_count, enriched_at FROM company_enrichment "
-            f"WHERE status = 'matched' AND domain IN ({placeholders(domains)})",
+            "WHERE status = 'matched' AND domain IN ({keys})",
             domains,
-        ).fetchall()
+        )
     }
     return {
         email: _preview_record(email, inputs[email], companies, now, policy) for email in emails
@@ -357,11 +360,19 @@ def _rows(
     key: str,
     values: Sequence[str],
 ) -> list[dict[str, Any]]:
-    found = con.execute(
-        f"SELECT {', '.join(columns)} FROM {table} WHERE {key} IN ({placeholders(values)})",
-        list(values),
-    ).fetchall()
+    found = _by_keys(
+        con, f"SELECT {', '.join(columns)} FROM {table} WHERE {key} IN ({{keys}})", values
+    )
     return [dict(zip(columns, row, strict=True)) for row in found]
+
+
+def _by_keys(
+    con: duckdb.DuckDBPyConnection, sql: str, keys: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` with ``{keys}`` standing for the keys; none (and no query) for none."""
+    if not keys:
+        return []
+    return con.execute(sql.format(keys=placeholders(keys)), list(keys)).fetchall()
 
 
 def _merge_inputs(
