@@ -70,7 +70,11 @@ class MoverProcess:
         # Messages go out from a thread of their own, in order: a write to the pipe blocks while
         # the child is not reading (it is starting up), and that must never be the event loop.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._wake_queued = threading.Event()
+        # A wake the child has not reported a pass since, and whether one was asked for
+        # meanwhile: one wake per pass of the child's, however many requests arrive.
+        self._wakes = threading.Lock()
+        self._wake_unanswered = False
+        self._wake_owed = False
         self._sender: threading.Thread | None = None
         self._started = threading.Event()
         self._state = threading.Condition()
@@ -120,10 +124,14 @@ class MoverProcess:
         self._process = self._conn = self._reader = self._sender = None
 
     def wake(self) -> None:
-        # One wake waiting to go out is enough, however many requests arrive meanwhile.
-        if not self._wake_queued.is_set():
-            self._wake_queued.set()
-            self._send(("wake",))
+        with self._wakes:
+            if self._wake_unanswered:
+                # Sent once the child reports its current pass, which may have read the journal
+                # before this request's leads were in it.
+                self._wake_owed = True
+                return
+            self._wake_unanswered = True
+        self._send(("wake",))
 
     def enrich_now(self, leads: ReceivedLeads) -> None:
         self._send(("enrich_now", list(leads)))
@@ -153,8 +161,6 @@ class MoverProcess:
         assert self._conn is not None
         gone = False
         while (message := self._outbox.get()) is not None:
-            if message[0] == "wake":
-                self._wake_queued.clear()
             try:
                 self._conn.send(message)
             except OSError:  # BrokenPipeError included
@@ -179,6 +185,11 @@ class MoverProcess:
                     self._done_through, self._status = body
                 for listener in self._done_listeners:
                     listener()
+                with self._wakes:
+                    self._wake_unanswered = False
+                    owed, self._wake_owed = self._wake_owed, False
+                if owed:
+                    self.wake()
 
 
 def _run_child(conn: Connection, factory: MoverFactory) -> None:
