@@ -146,7 +146,7 @@ class EnrichOnRequest:
                     self._work(+1)
                 self._release(claimed, mine)
             self._in_flight.wait(stale - mine)
-            if not any(kind == "person" for kind, _ in mine):
+            if not any(kind == "person" for kind, _ in stale):
                 return
             domains = []
 
@@ -158,6 +158,7 @@ class EnrichOnRequest:
         self._in_flight.release(keys)
 
     async def _enrich(self, stale: set[Key]) -> None:
+        # A window's enrichment with its selection given: the look-ups do not read the window.
         today = utc_now().date()
         works = [
             WindowEnrichment(

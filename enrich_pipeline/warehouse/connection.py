@@ -6,6 +6,7 @@ connection, does its SQL and closes it in ``finally``; nobody holds one across A
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -173,6 +174,17 @@ def _close_keeper(key: str, keeper: _Keeper) -> None:
     if _keepers.get(key) is keeper:
         del _keepers[key]
     keeper.con.close()
+
+
+@atexit.register
+def _close_all_keepers() -> None:
+    """At exit, before daemon threads stop: a keeper closed by its timer thread during the
+    interpreter's shutdown would abort the process from inside DuckDB."""
+    with _keepers_lock:
+        for key, keeper in list(_keepers.items()):
+            if keeper.timer is not None:
+                keeper.timer.cancel()
+            _close_keeper(key, keeper)
 
 
 def _is_held(path: Path) -> bool:
