@@ -1,8 +1,11 @@
 """One enrichment pass: stream results from the client and hand them to the warehouse in
-chunks as they arrive, so a crash or a stop loses at most one chunk of paid look-ups."""
+chunks as they arrive, and at least every few seconds, so a crash or a stop repeats at most one
+chunk, or a few seconds, of paid look-ups."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,10 +39,13 @@ async def run_enrichment_pass(
     *,
     chunk_size: int,
     report: PassReport,
+    save_every_s: float,
 ) -> None:
-    """Enrich ``queries``; every ``chunk_size`` results are written before more are awaited.
-    ``report`` is counted as results arrive, so it is true even when the client stops with an
-    error (bad key, credits gone): what already arrived is written, then the error propagates."""
+    """Enrich ``queries``; every ``chunk_size`` results are written before more are awaited,
+    and what has arrived is written every ``save_every_s`` however few it is (a slow or
+    rate-limited provider fills a chunk in minutes). ``report`` is counted as results arrive,
+    so it is true even when the client stops with an error (bad key, credits gone): what
+    already arrived is written, then the error propagates."""
     buffer: list[EnrichmentResult] = []
 
     def flush() -> None:
@@ -49,6 +55,12 @@ async def run_enrichment_pass(
             report.chunks += 1
             buffer.clear()
 
+    async def flush_regularly() -> None:
+        while True:
+            await asyncio.sleep(save_every_s)
+            flush()
+
+    saver = asyncio.create_task(flush_regularly())
     try:
         async for result in client.enrich(kind, queries):
             report.count(result)
@@ -56,4 +68,7 @@ async def run_enrichment_pass(
             if len(buffer) >= chunk_size:
                 flush()
     finally:
+        saver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saver
         flush()

@@ -149,6 +149,13 @@ class PipelineSettings(BaseModel):
         "results written to the warehouse per chunk (a crash loses at most one)",
         ge=1,
     )
+    save_every_s: float = setting(
+        "ENRICH_SAVE_EVERY_S",
+        2.0,
+        "results are also written at least this often, however few (a crash repeats at most "
+        "this much of paid look-ups)",
+        gt=0,
+    )
     min_match_confidence: Confidence = setting(
         "ENRICH_MIN_MATCH_CONFIDENCE",
         Confidence.MODERATE,

@@ -68,6 +68,7 @@ def run(
                 write_chunk,
                 chunk_size=chunk_size,
                 report=report,
+                save_every_s=60,
             )
         )
     except ProviderError as exc:
@@ -135,6 +136,7 @@ def test_results_before_the_error_reach_the_warehouse(tmp_path: Path) -> None:
                 write_chunk,
                 chunk_size=2,
                 report=report,
+                save_every_s=60,
             )
         )
 
@@ -150,3 +152,48 @@ def test_results_before_the_error_reach_the_warehouse(tmp_path: Path) -> None:
         ("p4@example.com", "matched"),
     ]
     assert (report.written, report.chunks) == (5, 3)
+
+
+class StallingClient:
+    """Answers one query, then waits for the test to let it answer the rest: a provider gone
+    slow (rate-limited, retrying) with a chunk far from full."""
+
+    def __init__(self) -> None:
+        self.go_on = asyncio.Event()
+
+    async def enrich(self, kind: Kind, queries: Sequence[Query]) -> AsyncIterator[EnrichmentResult]:
+        for index, query in enumerate(queries):
+            if index == 1:
+                await self.go_on.wait()
+            yield EnrichmentResult(key=query.key, status=Outcome.NO_MATCH)
+
+
+def test_results_are_saved_while_the_provider_is_slow_not_only_per_chunk() -> None:
+    client = StallingClient()
+    chunks: list[list[str]] = []
+
+    def write_chunk(results: list[EnrichmentResult]) -> None:
+        chunks.append([r.key for r in results])
+        # Saved while the provider still stalls: a crash now would repeat no paid call.
+        client.go_on.set()
+
+    report = PassReport(requested=3)
+
+    async def enrich() -> None:
+        await asyncio.wait_for(
+            run_enrichment_pass(
+                client,  # type: ignore[arg-type]
+                "person",
+                queries(3),
+                write_chunk,
+                chunk_size=200,
+                report=report,
+                save_every_s=0.01,
+            ),
+            timeout=30,
+        )
+
+    asyncio.run(enrich())
+    assert chunks[0] == ["p0@example.com"], "saved before the stalled answers came"
+    assert [key for chunk in chunks for key in chunk] == [q.key for q in queries(3)]
+    assert report.written == 3

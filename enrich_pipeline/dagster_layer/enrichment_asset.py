@@ -153,6 +153,7 @@ class WindowEnrichment:
                 write_chunk,
                 chunk_size=pipeline.chunk_size,
                 report=self.report,
+                save_every_s=pipeline.save_every_s,
             )
 
 
