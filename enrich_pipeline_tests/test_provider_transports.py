@@ -1,4 +1,5 @@
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from email.utils import formatdate
 from typing import Any
@@ -10,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from enrich_pipeline.provider.models import CallStats
+from enrich_pipeline.dagster_layer.resources import SandboxEnrichmentResource
+from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Outcome, PersonQuery
 from enrich_pipeline.provider.transports import (
     RETRY_AFTER_JITTER_S,
     THROTTLE_JITTER_S,
@@ -18,6 +20,7 @@ from enrich_pipeline.provider.transports import (
     StatsTransport,
     ThrottleTransport,
 )
+from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import FakeTime
 
 NOW = 1_700_000_000.0
@@ -364,3 +367,22 @@ def test_a_request_that_fails_frees_its_place_in_flight() -> None:
 
     assert asyncio.run(go()) == 200
     assert len(sent) == 2
+
+
+def test_the_in_process_sandbox_is_held_to_the_request_timeout() -> None:
+    # ASGITransport times nothing itself: a 5 s answer against a 50 ms timeout must time out
+    # and be retried, as over the network, not be waited for.
+    settings = Settings(latency_ms=5_000, request_timeout_s=0.05, max_attempts=2)
+    resource = SandboxEnrichmentResource.from_settings(settings)
+    stats = CallStats()
+    query = PersonQuery(key="ada@analytical-engines.io", email="ada@analytical-engines.io")
+
+    async def look_up() -> list[EnrichmentResult]:
+        async with resource.client(stats, logging.getLogger(__name__)) as client:
+            return [result async for result in client.enrich("person", [query])]
+
+    (result,) = asyncio.run(asyncio.wait_for(look_up(), timeout=30))
+    assert result.status is Outcome.ERROR
+    assert "ReadTimeout" in (result.error or ""), result.error
+    assert stats.retries == 1
+    assert stats.responses_by_status == {}, "no answer was waited for"

@@ -14,7 +14,12 @@ import httpx
 from enrich_pipeline.provider.models import CallStats
 from enrich_pipeline.provider.pacing import Clock, Pacer, Sleep
 from enrich_pipeline.provider.shared_limit import DEFAULT_IN_FLIGHT_TTL_S, SharedStateStore
-from enrich_pipeline.provider.transports import RetryTransport, StatsTransport, ThrottleTransport
+from enrich_pipeline.provider.transports import (
+    DeadlineTransport,
+    RetryTransport,
+    StatsTransport,
+    ThrottleTransport,
+)
 
 USER_AGENT = "enrich-pipeline/0.1"
 API_KEY_HEADER = "API-Key"
@@ -60,11 +65,16 @@ def build_http_client(
     rate-limit budget through a file there (the ``ENRICH_LIMITER_DIR`` setting names the usual
     place); ``None`` keeps the pacing state in this process.
     """
-    inner = transport or httpx.AsyncHTTPTransport(
-        verify=_tls_context(),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
+    # The network transport times each request itself; any other is held to the same timeout.
+    inner = (
+        DeadlineTransport(transport)
+        if transport is not None
+        else httpx.AsyncHTTPTransport(
+            verify=_tls_context(),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
     )
     store = (
         None

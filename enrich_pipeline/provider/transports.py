@@ -136,6 +136,27 @@ class StatsTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class DeadlineTransport(httpx.AsyncBaseTransport):
+    """Holds a transport that does not time requests itself (the in-process sandbox's
+    ``httpx.ASGITransport``, a mock) to the request's read timeout, as the network transport
+    is: a slow answer raises ``httpx.ReadTimeout``, which ``RetryTransport`` retries."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        deadline_s = request.extensions.get("timeout", {}).get("read")
+        if deadline_s is None:
+            return await self._inner.handle_async_request(request)
+        try:
+            return await asyncio.wait_for(self._inner.handle_async_request(request), deadline_s)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no answer within {deadline_s:g} s", request=request) from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class RetryTransport(httpx.AsyncBaseTransport):
     """Retries 429, 5xx and transient network failures with full-jitter backoff, bounded.
 
