@@ -428,3 +428,17 @@ def test_mapping_matches_headers_loosely_and_prefers_primary_spellings() -> None
 def test_mapping_rejects_headers_with_nothing_identifying() -> None:
     with pytest.raises(ColumnMappingError, match="no column identifies a contact"):
         map_columns(["Company Name", "Website URL", "Create Date"])
+
+
+def test_control_characters_never_land_and_a_nul_value_is_blank(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "controls.csv",
+        ["Email", "First Name", "Last Name", "Company Name", "Job Title"],
+        [["ada@analytical-engines.io", "Ada\tMae", "\x00", "Analytical\x07 Engines", "CTO\r\n"]],
+    )
+    ingest_file(warehouse, path, now=NOW)
+    assert query(
+        warehouse, "SELECT first_name, last_name, company_name, job_title FROM raw_contacts"
+    ) == [("Ada Mae", None, "Analytical Engines", "CTO")]

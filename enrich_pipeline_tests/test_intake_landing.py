@@ -255,3 +255,14 @@ def test_lead_problem_names_the_identifying_fields() -> None:
     found = lead_problem({"city": "Oslo"}) or ""
     for field in ("email", "phone", "linkedin_url", "first_name", "last_name", "company_name"):
         assert field in found
+
+
+def test_a_lead_of_control_characters_only_identifies_no_one() -> None:
+    # Refused at the door as ingest would quarantine it: nothing is left once they are out.
+    assert lead_problem({"Email": "\x00", "Phone": "\x07\t"}) is not None
+    assert lead_problem({"Email": "ada@analytical-engines.io", "Last Name": "\x00"}) is None
+    assert landing.landed_values({"Email": "a@b.io", "Last Name": "\x00", "City": "Oslo\n"}) == {
+        **dict.fromkeys(landing.CONTACT_COLUMNS),
+        "email": "a@b.io",
+        "city": "Oslo",
+    }

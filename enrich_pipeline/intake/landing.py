@@ -24,6 +24,7 @@ import duckdb
 from enrich_pipeline.column_mapping import ColumnMapping, map_columns
 from enrich_pipeline.ingest import (
     CONTACT_COLUMNS,
+    CONTROLS_TO_SPACES,
     PADDING,
     ROW_IDENTIFYING,
     StagedRows,
@@ -233,8 +234,9 @@ def _text(value: object) -> str | None:
 
 
 def _filled(text: str | None) -> str | None:
-    """The value ingest would land (padding trimmed), or None when it is blank."""
-    return (text or "").strip(PADDING) or None
+    """The value ingest would land (control characters out, padding trimmed), or None when
+    that leaves nothing."""
+    return (text or "").translate(CONTROLS_TO_SPACES).strip(PADDING) or None
 
 
 def _are_dates(texts: Sequence[str]) -> list[bool]:
