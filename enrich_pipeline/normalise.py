@@ -7,6 +7,8 @@ before; everything that can be done in SQL is done there instead.
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
@@ -84,7 +86,24 @@ def normalise_email(value: str | None) -> tuple[str | None, str | None]:
         return None, f"email {value.strip()!r} is not a valid address: {exc}"
     # The library keeps the local part's case (RFC says it may matter); CRMs treat it as
     # case-insensitive, and so does identity matching here.
-    return result.normalized.lower(), None
+    address = result.normalized.lower()
+    if runs_as_formula(address):
+        return None, (
+            f"email {value.strip()!r} would run as a formula in a spreadsheet, and an address "
+            "is never altered to stop it"
+        )
+    return address, None
+
+
+# RFC 5322 lets an address start with '=' or a sign and hold '|', '!' and quotes: enough for a
+# spreadsheet to evaluate it ('=cmd|...'!A0). A sign before a plain name ('+tag@acme.com') is an
+# error cell at worst, and the address is real: exported as it is.
+_FORMULA_ADDRESS = re.compile(r"^[=@]|^[+-].*[=|!()'\"]")
+
+
+def runs_as_formula(address: str) -> bool:
+    """Whether a spreadsheet opening the export would evaluate this address as a formula."""
+    return _FORMULA_ADDRESS.search(address) is not None
 
 
 def normalise_phone(value: str | None, default_region: str = "US") -> tuple[str | None, str | None]:

@@ -273,3 +273,16 @@ def test_metadata_is_prefixed_with_the_destination(
     assert {"file/created", "file/updated", "file/unchanged", "file/failed"} <= set(metadata)
     assert metadata["file/created"] == 1
     assert "file/failures" not in metadata
+
+
+def test_an_email_is_exported_exactly_as_it_is(
+    warehouse: WarehouseResource, tmp_path: Path
+) -> None:
+    # A sign before a plain name is a real address: an apostrophe would make a HubSpot import
+    # create a contact nobody has.
+    add(warehouse, "+tag@acme.com")
+    add(warehouse, "-list@acme.com")
+
+    exported = write(warehouse, tmp_path / "exports")
+
+    assert [row["Email"] for row in read_csv(exported.csv)] == ["+tag@acme.com", "-list@acme.com"]

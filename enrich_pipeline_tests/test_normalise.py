@@ -98,3 +98,26 @@ def test_free_mail_list_covers_the_big_providers() -> None:
     big = {"gmail.com", "googlemail.com", "hotmail.com", "outlook.com", "icloud.com", "aol.com"}
     assert big <= FREE_MAIL_DOMAINS
     assert all(d == d.lower().strip() for d in FREE_MAIL_DOMAINS)
+
+
+@pytest.mark.parametrize(
+    ("raw", "runs"),
+    [
+        ("+tag@acme.com", False),
+        ("-list@acme.com", False),
+        ("o'brien@acme.com", False),
+        ("=1+1@acme.com", True),
+        ("=cmd|'calc'!a0@acme.com", True),
+        ("+1|2@acme.com", True),
+        ("-x!y@acme.com", True),
+    ],
+)
+def test_an_address_a_spreadsheet_would_evaluate_is_refused_never_altered(
+    raw: str, runs: bool
+) -> None:
+    normalised, error = normalise_email(raw)
+    if runs:
+        assert normalised is None
+        assert error is not None and "would run as a formula" in error
+    else:
+        assert (normalised, error) == (raw, None)

@@ -4,11 +4,13 @@ so a reader (or a crash mid-write) never leaves half a file where the previous o
 
 CSV cells are escaped against spreadsheet formula injection (OWASP "CSV injection"): a cell that
 starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe, which
-spreadsheets show as text and never evaluate. The exception is a plain number or phone number: an
-optional sign, a digit, then only digits, spaces, dots, dashes and brackets (regex
-``^[+-]?[0-9][0-9 ().-]*$``: ``+14155550134``, ``+1 (415) 555-0134``, ``-12.5``). With no letters,
-quotes, ``!``, ``|`` or other operators it can name no function, cell or command, and the import
-needs it unaltered. Parquet is not opened by spreadsheets: its values are written as stored.
+spreadsheets show as text and never evaluate. The exceptions: a plain number or phone number (an
+optional sign, a digit, then only digits, spaces, dots, dashes and brackets, regex
+``^[+-]?[0-9][0-9 ().-]*$``: ``+14155550134``, ``+1 (415) 555-0134``, ``-12.5``), which can name
+no function, cell or command and which the import needs unaltered; and the email, which is the
+record's key and is exported exactly as it is (an address that would run as a formula never gets
+here: validation quarantines it). Parquet is not opened by spreadsheets: its values are written
+as stored.
 """
 
 from __future__ import annotations
@@ -97,9 +99,7 @@ def write_crm_files(
 
 def _csv_select(columns: Sequence[str]) -> str:
     cells = ", ".join(
-        f"{_escaped(_CSV_VALUES.get(column, f'c.{_ident(column)}'))} "
-        f"AS {_ident(CSV_LABELS.get(column, column))}"
-        for column in columns
+        f"{_cell(column)} AS {_ident(CSV_LABELS.get(column, column))}" for column in columns
     )
     return f"SELECT {cells} FROM crm_contacts c ORDER BY c.email"
 
@@ -109,6 +109,11 @@ def _parquet_select(columns: Sequence[str]) -> str:
         f"SELECT {', '.join(f'c.{_ident(column)}' for column in columns)} "
         "FROM crm_contacts c ORDER BY c.email"
     )
+
+
+def _cell(column: str) -> str:
+    value = _CSV_VALUES.get(column, f"c.{_ident(column)}")
+    return value if column == "email" else _escaped(value)
 
 
 def _escaped(expression: str) -> str:
