@@ -149,7 +149,10 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
         if deadline_s is None:
             return await self._inner.handle_async_request(request)
         try:
-            return await asyncio.wait_for(self._inner.handle_async_request(request), deadline_s)
+            # Not wait_for: on Python 3.11 it can swallow a cancellation that arrives as the
+            # answer does, and a cancelled run would carry on.
+            async with asyncio.timeout(deadline_s):
+                return await self._inner.handle_async_request(request)
         except TimeoutError:
             raise httpx.ReadTimeout(f"no answer within {deadline_s:g} s", request=request) from None
 
