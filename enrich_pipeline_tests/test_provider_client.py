@@ -304,19 +304,33 @@ def test_fatal_answer_lets_calls_in_flight_finish_and_yields_them() -> None:
 
     async def answer(request: httpx.Request) -> httpx.Response:
         email = json.loads(request.content)["email"]
-        # The first call is answered once all three are out; the other two after its 402.
-        for _ in range(2 if email == "p0@acme.com" else 10):
-            await asyncio.sleep(0)
-        if email == "p0@acme.com":
+        # After the first call (alone), three go out; the first of them is answered 402 while
+        # the other two are still out.
+        if email != "p0@acme.com":
+            for _ in range(2 if email == "p1@acme.com" else 10):
+                await asyncio.sleep(0)
+        if email == "p1@acme.com":
             return httpx.Response(402, json={"error": "insufficient_credits"})
         return httpx.Response(200, json=person_match(email))
 
     route = router.post("/person/enrich").mock(side_effect=answer)
     run = run_enrich(router, people(8), max_concurrency=3)
     assert isinstance(run.error, CreditsExhausted)
-    assert route.call_count == 3
-    assert sorted(run.by_key) == ["k1", "k2"]
+    assert route.call_count == 4
+    assert sorted(run.by_key) == ["k0", "k2", "k3"]
     assert all(result.status is Outcome.MATCHED for result in run.results)
+
+
+@pytest.mark.parametrize("use_bulk", [False, True])
+def test_a_wrong_key_costs_one_request_whatever_the_concurrency(use_bulk: bool) -> None:
+    router = mock_router()
+    refused = [
+        router.post(path).respond(401, json={"error": "unauthorized"})
+        for path in ("/person/enrich", "/person/enrich/bulk")
+    ]
+    run = run_enrich(router, people(300), max_concurrency=32, use_bulk=use_bulk, bulk_size=10)
+    assert isinstance(run.error, ProviderAuthError)
+    assert sum(route.call_count for route in refused) == 1
 
 
 def test_concurrency_bound_is_honoured() -> None:

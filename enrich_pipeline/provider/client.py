@@ -173,11 +173,10 @@ class EnrichmentClient:
             None if self._max_credits is None else _CreditBudget(self._max_credits, self._stats)
         )
         deferred_before = self._stats.deferred
-        # The first bulk call goes alone: its answer says how the provider counts bulk calls
-        # against the rate limit, which sizes the rest (``Pacer.bulk_items``).
+        # The first call goes alone. A wrong key or spent credits then cost one request, not
+        # one per worker; and a bulk answer says how the provider counts bulk calls against
+        # the rate limit, which sizes the rest (``Pacer.bulk_items``).
         first_done = asyncio.Event()
-        if not self._use_bulk:
-            first_done.set()
 
         async def worker(index: int) -> None:
             if index:
