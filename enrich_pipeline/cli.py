@@ -31,6 +31,8 @@ def _ingest(args: argparse.Namespace) -> int:
     )
     for reason, count in sorted(report.quarantine_reasons.items()):
         print(f"  quarantined: {count} x {reason}")
+    if report.ignored_columns:
+        print(f"  ignored columns (no field takes them): {', '.join(report.ignored_columns)}")
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # order: when a file has several (HubSpot's ``Phone Number`` and ``Mobile Phone Number``),
 # a row takes its value from the first one that is not blank.
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "email": ("email", "emailaddress"),
+    "email": ("email", "emailaddress", "workemail", "businessemail"),
     "first_name": ("firstname", "givenname"),
     "last_name": ("lastname", "surname", "familyname"),
     "full_name": ("fullname", "name", "contactname"),

@@ -9,7 +9,9 @@ validity is not judged here: the pipeline checks those once per landed row.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -129,6 +131,8 @@ class IngestReport:
     # True when skip_if_landed found an earlier landing of this file name; the counts and ids
     # then describe that earlier landing and nothing new was written.
     already_landed: bool = False
+    # Headers that feed no field: their values are in no table.
+    ignored_columns: tuple[str, ...] = ()
 
 
 def ingest_file(
@@ -168,6 +172,7 @@ def ingest_file(
                 return earlier
             report = land_checked(con, csv_path.name, landed_at, _CSV_ROWS)
 
+    report = replace(report, ignored_columns=mapping.unrecognised)
     log.info(
         "ingested %s: %d rows read, %d landed, %d quarantined",
         report.source_file,
@@ -211,9 +216,32 @@ def _map_headers(csv_path: Path) -> ColumnMapping:
         mapping = map_columns(headers)
     except ColumnMappingError as exc:
         raise IngestError(f"{csv_path}: {exc}") from exc
+    if duplicated := _duplicated_fields(headers, mapping):
+        raise IngestError(
+            f"{csv_path}: {duplicated}: a row can land one value per field, and the other "
+            "column's values would be lost; keep one column, or land the other file "
+            "separately"
+        )
     if mapping.unrecognised:
-        log.info("%s: ignoring columns %s", csv_path, ", ".join(mapping.unrecognised))
+        log.warning("%s: ignoring columns %s", csv_path, ", ".join(mapping.unrecognised))
     return mapping
+
+
+# How DuckDB names the second and later columns that share a header: "Email", "Email_1".
+_RENAMED_DUPLICATE = re.compile(r"^(?P<header>.+)_(?P<n>[0-9]+)$")
+
+
+def _duplicated_fields(headers: Sequence[str], mapping: ColumnMapping) -> str | None:
+    """The first header that appears more than once and feeds a field, described; None when
+    there is none. Two different spellings of one field (``Email`` and ``Work Email``) are
+    not duplicates: a row takes the first filled."""
+    present = set(headers)
+    mapped = {header for sources in mapping.columns.values() for header in sources}
+    for header in headers:
+        found = _RENAMED_DUPLICATE.match(header)
+        if found and found["header"] in present and found["header"] in mapped:
+            return f"column {found['header']!r} appears more than once (read as {header!r})"
+    return None
 
 
 def _earlier_landing(con: duckdb.DuckDBPyConnection, source_file: str) -> IngestReport | None:

@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from enrich_pipeline.cli import main
 from enrich_pipeline.column_mapping import ColumnMappingError, map_columns
 from enrich_pipeline.ingest import IngestError, IngestReport, ingest_file
 
@@ -442,3 +443,36 @@ def test_control_characters_never_land_and_a_nul_value_is_blank(
     assert query(
         warehouse, "SELECT first_name, last_name, company_name, job_title FROM raw_contacts"
     ) == [("Ada Mae", None, "Analytical Engines", "CTO")]
+
+
+def test_a_second_column_for_one_field_refuses_the_file_naming_it(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    # DuckDB reads the second 'Email' as 'Email_1'; its addresses must not vanish silently.
+    path = write_csv(
+        tmp_path / "two-emails.csv",
+        ["Email", "First Name", "Email"],
+        [["ada@analytical-engines.io", "Ada", "ada.lovelace@home.example"]],
+    )
+    with pytest.raises(IngestError, match="column 'Email' appears more than once"):
+        ingest_file(warehouse, path, now=NOW)
+    assert not warehouse.exists() or query(warehouse, "SELECT count(*) FROM raw_contacts") == [(0,)]
+
+
+def test_a_work_email_column_is_the_email(warehouse: Path, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "work.csv", ["Work Email", "Name"], [["ada@ae.io", "Ada L"]])
+    ingest_file(warehouse, path, now=NOW)
+    assert query(warehouse, "SELECT email, full_name FROM raw_contacts") == [("ada@ae.io", "Ada L")]
+
+
+def test_the_cli_always_says_which_columns_it_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENRICH_WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
+    path = write_csv(
+        tmp_path / "extra.csv", ["Email", "Favourite Colour", "Shoe Size"], [["a@b.io", "red", "9"]]
+    )
+    assert main(["ingest", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 accepted" in printed
+    assert "ignored columns (no field takes them): Favourite Colour, Shoe Size" in printed
