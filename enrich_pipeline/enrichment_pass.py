@@ -21,6 +21,8 @@ class PassReport:
     errors: int = 0
     written: int = 0
     chunks: int = 0
+    # The first error's text (never a query's values): what a failed run reports.
+    first_error: str | None = None
 
     def count(self, result: EnrichmentResult) -> None:
         if result.status is Outcome.MATCHED:
@@ -29,6 +31,13 @@ class PassReport:
             self.no_match += 1
         else:
             self.errors += 1
+            self.first_error = self.first_error or result.error
+
+    @property
+    def all_failed(self) -> bool:
+        """Look-ups were made and not one was answered: the provider could not be reached, or
+        refused everything."""
+        return self.errors > 0 and self.matched == self.no_match == 0
 
 
 async def run_enrichment_pass(

@@ -285,11 +285,15 @@ def test_hubspot_down_stops_after_one_round_and_everything_stays_pending(
     emails = add_records(warehouse, 250)
     route = hubspot.post(PATH).respond(503, json={"message": "Service Unavailable"})
 
-    down = deliver(warehouse, records_per_round=100, max_attempts=2)
+    # Nothing delivered: the run fails naming the URL's setting, its figures kept.
+    with pytest.raises(Failure) as down:
+        deliver(warehouse, records_per_round=100, max_attempts=2)
 
     assert route.call_count == 2
-    assert (down.failed, down.extra["not_sent"]) == (250, 150)
-    assert len(down.failures) == 50
+    assert "none of 250 records could be delivered" in str(down.value.description)
+    assert "HUBSPOT_BASE_URL" in str(down.value.description)
+    figures = down.value.metadata
+    assert (figures["hubspot/failed"].value, figures["hubspot/not_sent"].value) == (250, 150)
 
     route.mock(side_effect=echo)
     back = deliver(warehouse, records_per_round=100)

@@ -15,6 +15,7 @@ from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import (
     ASSET_KEYS,
+    free_port,
     materialise_range,
     metadata_of,
     sandbox_over_http,
@@ -147,3 +148,27 @@ def test_a_credit_budget_stops_the_run_cleanly_and_the_next_run_continues(
     assert (
         metadata_of(second, "enriched_persons")["calls_saved_fresh"] == persons["results_written"]
     )
+
+
+def test_an_unreachable_provider_fails_the_run_naming_the_setting_and_keeps_the_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _landed(tmp_path, "unreachable")
+    monkeypatch.setenv("DATA_LEGION_API_KEY", SECRET)
+    settings = Settings(
+        warehouse_path=settings.warehouse_path,
+        export_dir=settings.export_dir,
+        # Nothing listens there: every connection is refused.
+        base_url=f"http://127.0.0.1:{free_port()}",
+        max_attempts=1,
+    )
+    result = materialise_range(settings, "2026-09-01", "2026-09-03", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "enriched_persons"
+    message = str(failure.event_specific_data.error.message)  # type: ignore[union-attr]
+    assert "every one of" in message and "DATA_LEGION_BASE_URL" in message
+    assert "ConnectError" in message
+    assert SECRET not in message
+    statuses = {row[1] for row in _persons(settings.warehouse_path)}
+    assert statuses == {"error"}, "the failed look-ups are stored, to be asked again"

@@ -46,6 +46,7 @@ from enrich_pipeline.warehouse.crm_sync import (
 
 FAILURES_SHOWN = 50
 _DESTINATIONS = env_name(PipelineSettings, "crm_destinations")
+_HUBSPOT_URL = env_name(HubSpotSettings, "hubspot_base_url")
 
 
 @dataclass
@@ -221,6 +222,13 @@ class HubSpotDestination(SettingsResource, HubSpotSettings):
                 )
             except HubSpotAuthError as exc:
                 raise Failure(description=str(exc), metadata=report.metadata("hubspot")) from exc
+            if report.failed and not report.created + report.updated:
+                raise Failure(
+                    description=f"none of {counts.pending} records could be delivered to "
+                    f"HubSpot at {self.hubspot_base_url} (check {_HUBSPOT_URL} and HubSpot's "
+                    "status); they are sent again on the next run",
+                    metadata=report.metadata("hubspot"),
+                )
         logger.info(
             f"hubspot: {report.created} created, {report.updated} updated, {report.failed} "
             f"failed, {report.unchanged} unchanged in {report.extra['api_calls']} requests"

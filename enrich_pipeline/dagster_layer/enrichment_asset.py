@@ -35,7 +35,7 @@ from enrich_pipeline.dagster_layer.resources import (
 from enrich_pipeline.enrichment_pass import PassReport, run_enrichment_pass
 from enrich_pipeline.provider.errors import ProviderError
 from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind
-from enrich_pipeline.settings import ProviderClientSettings
+from enrich_pipeline.settings import DataLegionSettings, ProviderClientSettings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection
 
@@ -47,6 +47,7 @@ Store = Callable[[duckdb.DuckDBPyConnection, list[EnrichmentResult], datetime], 
 Select = Callable[[duckdb.DuckDBPyConnection, date, date, datetime, Freshness], StaleSelection[Any]]
 
 _CREDIT_BUDGET = env_name(ProviderClientSettings, "max_credits_per_run")
+_BASE_URL_SETTING = env_name(DataLegionSettings, "base_url")
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,14 @@ def materialise_enrichment(
             "are saved; the next run continues with the rest.",
             metadata=metadata(),
         ) from exc
+    if report.all_failed:
+        raise Failure(
+            description=f"{kind} enrichment failed: every one of {report.errors} look-ups failed "
+            f"(first: {report.first_error}). Is the provider at {enrichment.provider} reachable "
+            f"and well? Check {_BASE_URL_SETTING} if it is the wrong address. The failures are "
+            "stored as errors and asked again on the next run.",
+            metadata=metadata(),
+        )
     if stats.budget_exhausted:
         context.log.warning(
             f"{kind} enrichment stopped at the run's credit budget ({_CREDIT_BUDGET}): "
