@@ -124,10 +124,23 @@ _PROVENANCE: dict[Origin, tuple[str, str]] = {
 }
 
 
+def _text_sql(candidate: Candidate) -> str:
+    return f"nullif(trim(CAST({PREFIX[candidate.origin]}{candidate.column} AS VARCHAR)), '')"
+
+
+def _lead_candidate(rule: FieldRule) -> Candidate | None:
+    return next((c for c in rule.candidates if c.origin == "lead"), None)
+
+
 def _candidate_sql(candidate: Candidate, rule: FieldRule, policy: MergePolicy) -> str:
-    """The candidate's value in the merge query, NULL when it may not be used."""
-    column = f"{PREFIX[candidate.origin]}{candidate.column}"
-    value = f"nullif(trim(CAST({column} AS VARCHAR)), '')"
+    """The candidate's value in the merge query, NULL when it may not be used. An enriched
+    value that is the lead's ignoring case takes the lead's spelling ("Vandelay332", not the
+    provider's "vandelay332")."""
+    value = _text_sql(candidate)
+    lead_candidate = _lead_candidate(rule)
+    if candidate.origin != "lead" and lead_candidate is not None:
+        typed = _text_sql(lead_candidate)
+        value = f"CASE WHEN lower({value}) = lower({typed}) THEN {typed} ELSE {value} END"
     if candidate.origin == "person" and rule.confidence_gated:
         gate = f"{confidence_rank_sql('person_match_confidence')} >= {policy.min_confidence.rank}"
         return f"CASE WHEN {gate} THEN {value} END"
@@ -157,17 +170,24 @@ def _candidate_value(
     candidate: Candidate, rule: FieldRule, policy: MergePolicy, inputs: Mapping[str, Any]
 ) -> str | None:
     """``_candidate_sql`` for one record: ``inputs`` holds the merge query's columns."""
-    value = inputs.get(f"{PREFIX[candidate.origin]}{candidate.column}")
-    if value is None:
-        return None
-    # DuckDB's trim() removes spaces only.
-    text = str(value).strip(" ") or None
+    text = _text(candidate, inputs)
+    lead_candidate = _lead_candidate(rule)
+    if text is not None and candidate.origin != "lead" and lead_candidate is not None:
+        typed = _text(lead_candidate, inputs)
+        if typed is not None and typed.lower() == text.lower():
+            text = typed
     if text is not None and candidate.origin == "person" and rule.confidence_gated:
         # Confidence is a StrEnum: its members are found by their text.
         confidence = str(inputs.get("person_match_confidence") or "").lower()
         if _CONFIDENCE_RANK.get(confidence, 0) < policy.min_confidence.rank:  # type: ignore[call-overload]
             return None
     return text
+
+
+def _text(candidate: Candidate, inputs: Mapping[str, Any]) -> str | None:
+    value = inputs.get(f"{PREFIX[candidate.origin]}{candidate.column}")
+    # DuckDB's trim() removes spaces only.
+    return None if value is None else (str(value).strip(" ") or None)
 
 
 def merge_one(

@@ -55,11 +55,12 @@ def _person(rng: random.Random, identity: str, email: str) -> EnrichmentResult:
         return EnrichmentResult(identity, status, error="boom" if status is Outcome.ERROR else None)
     record = {
         "first_name": _maybe(rng, "Annie"),
-        "job_title": _maybe(rng, rng.choice(["VP Sales", " Engineer "])),
+        # Some the lead's own value in another case: the lead's spelling must win.
+        "job_title": _maybe(rng, rng.choice(["VP Sales", " Engineer ", "cto"])),
         "seniority_level": _maybe(rng, "vp"),
         "company_name": _maybe(rng, "Acme Corp"),
         "company_domain": _maybe(rng, rng.choice(DOMAINS)),
-        "city": _maybe(rng, "Bergen"),
+        "city": _maybe(rng, rng.choice(["Bergen", "OSLO"])),
         "country": _maybe(rng, "Norway"),
         "linkedin_url": _maybe(rng, "https://www.linkedin.com/in/annie"),
         "mobile_phone": _maybe(rng, "+4790000000"),

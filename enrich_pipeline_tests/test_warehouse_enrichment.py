@@ -365,7 +365,7 @@ def test_store_companies_upserts_by_domain(con: duckdb.DuckDBPyConnection) -> No
     )
 
     assert company_table(con) == [
-        ("acme.com", "matched", NOW, "Acme Corp", "anvils", 1949, 250),
+        ("acme.com", "matched", NOW, "Acme Corp", "Anvils", 1949, 250),  # display-cased
         ("initech.com", "error", NOW, None, None, None, None),
     ]
 

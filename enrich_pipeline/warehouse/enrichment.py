@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 import duckdb
 import pandas as pd
 
+from enrich_pipeline.display_case import Style, display_case
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, is_free_mail
 from enrich_pipeline.provider.models import (
     PERSON_FIELDS,
@@ -232,6 +233,21 @@ def identity_type(identity: str) -> str:
     return {"phone": "phone", "social": "social_url", "name": "name_company"}.get(prefix, "email")
 
 
+# How the provider's lower-case answers are cased for display, per profile column (``raw``
+# keeps them as answered).
+_PERSON_DISPLAY: dict[str, Style] = {
+    "full_name": "name",
+    "first_name": "name",
+    "last_name": "name",
+    "job_title": "title",
+    "company_name": "words",
+    "company_industry": "words",
+    "city": "place",
+    "state": "place",
+    "country": "place",
+}
+
+
 def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFrame:
     rows = []
     for r in results:
@@ -243,7 +259,12 @@ def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFr
             "enriched_at": now,
             "error": r.error,
             "match_confidence": (r.match_metadata or {}).get("match_confidence"),
-            **{name: _text(rec.get(name)) for name in PERSON_FIELDS},
+            **{
+                name: display_case(_text(rec.get(name)), _PERSON_DISPLAY[name])
+                if name in _PERSON_DISPLAY
+                else _text(rec.get(name))
+                for name in PERSON_FIELDS
+            },
             "raw": json.dumps(rec) if r.record is not None else None,
         }
         # A free-mail domain is nobody's employer: drop it so the lead's own domain is used.
@@ -264,8 +285,8 @@ def company_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataF
                 "enriched_at": now,
                 "error": r.error,
                 "legion_id": _text(rec.get("legion_id")),
-                "name": _text(rec.get("name")),
-                "industry": _text(rec.get("industry")),
+                "name": display_case(_text(rec.get("name")), "words"),
+                "industry": display_case(_text(rec.get("industry")), "words"),
                 "company_type": _text(rec.get("type")),
                 "size": _text(rec.get("size")),
                 "founded": _int(rec.get("founded")),
