@@ -395,3 +395,33 @@ def test_read_contacts_raises_once_retries_are_used_up_and_names_the_read_scope(
         read(router, ["1"])
     assert "crm.objects.contacts.read" in str(raised.value)
     assert TOKEN_SETTING in str(raised.value) and TOKEN not in str(raised.value)
+
+
+def test_pacing_follows_hubspots_rate_limit_headers_and_delivers_everything() -> None:
+    # A portal allowing 2 requests per 10 s, which the client is not told: it learns it from
+    # the answers' headers, and waits when Remaining reaches 0 instead of collecting 429s.
+    router, fake = mock_router(), FakeTime()
+    accepted: list[float] = []
+    refused = 0
+
+    def portal(request: httpx.Request) -> httpx.Response:
+        nonlocal refused
+        accepted[:] = [at for at in accepted if at > fake.now - 10]
+        limits = {
+            "X-HubSpot-RateLimit-Max": "2",
+            "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+        }
+        if len(accepted) >= 2:
+            refused += 1
+            return httpx.Response(429, headers=limits | {"X-HubSpot-RateLimit-Remaining": "0"})
+        accepted.append(fake.now)
+        answer = echo(request)
+        answer.headers.update(limits | {"X-HubSpot-RateLimit-Remaining": str(2 - len(accepted))})
+        return answer
+
+    router.post(PATH).mock(side_effect=portal)
+
+    outcomes, _ = upsert(router, contacts(600), fake, max_attempts=3)
+
+    assert len(outcomes) == 600 and {o.status for o in outcomes} == {"created"}
+    assert refused == 0

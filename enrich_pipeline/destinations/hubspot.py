@@ -27,6 +27,7 @@ from enrich_pipeline.provider.transports import (
     RetryTransport,
     Sleep,
     StatsTransport,
+    header_int,
 )
 from enrich_pipeline.settings import SecretSettings
 from enrich_pipeline.settings_base import env_name
@@ -83,10 +84,13 @@ class RequestWindow:
         self._window_s = window_s
         self._lock = threading.Lock()
         self._started: deque[float] = deque()
+        self._held_until = 0.0
 
     def reserve(self, now: float) -> float:
         """Take a slot at ``now`` and return 0, or return the seconds until one frees."""
         with self._lock:
+            if now < self._held_until:
+                return self._held_until - now
             while self._started and self._started[0] <= now - self._window_s:
                 self._started.popleft()
             if len(self._started) < self.limit:
@@ -94,12 +98,30 @@ class RequestWindow:
                 return 0.0
             return self._started[0] + self._window_s - now
 
+    def learn(self, headers: httpx.Headers, now: float) -> None:
+        """What HubSpot says of the portal's limit on every answer: ``X-HubSpot-RateLimit-Max``
+        requests per ``-Interval-Milliseconds``, ``-Remaining`` of them left. Other apps on the
+        portal spend the same budget, so none left means waiting out an interval, whatever
+        this window counted."""
+        limit = header_int(headers, "X-HubSpot-RateLimit-Max")
+        interval_ms = header_int(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
+        remaining = header_int(headers, "X-HubSpot-RateLimit-Remaining")
+        with self._lock:
+            if limit is not None and limit >= 1:
+                self.limit = limit
+            if interval_ms is not None and interval_ms > 0:
+                self._window_s = interval_ms / 1000
+            if remaining is not None and remaining <= 0:
+                self._held_until = max(self._held_until, now + self._window_s)
+
 
 class SlidingWindowTransport(httpx.AsyncBaseTransport):
-    """Lets a request start only when its ``RequestWindow`` has a slot.
+    """Lets a request start only when its ``RequestWindow`` has a slot, and tells the window
+    what each answer's rate-limit headers say.
 
-    HubSpot states its limit as a plain count per 10 s, so counting our own requests keeps us
-    under it without waiting for a 429 first.
+    HubSpot states its limit as a plain count per interval, so counting our own requests keeps
+    us under it without waiting for a 429 first; its headers correct the count (another plan's
+    limit, other apps on the portal).
     """
 
     def __init__(
@@ -119,7 +141,9 @@ class SlidingWindowTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._wait_for_slot()
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        self._window.learn(response.headers, self._clock())
+        return response
 
     async def _wait_for_slot(self) -> None:
         # Re-check after every pause: a concurrent request may have taken the slot meanwhile.
