@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 def _ingest(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    report = ingest_file(settings.warehouse_path, args.file, source=args.source)
+    report = ingest_file(
+        settings.warehouse_path, args.file, source=args.source, encoding=args.encoding
+    )
     print(
         f"{report.source_file}: {report.rows_read} rows read, {report.accepted} accepted, "
         f"{report.quarantined} quarantined -> {settings.warehouse_path}"
@@ -145,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", help="CSV file (HubSpot export labels or snake_case headers)")
     ingest.add_argument(
         "--source", help="source name for rows without their own (default: the file's name)"
+    )
+    ingest.add_argument(
+        "--encoding",
+        help="the file's encoding, e.g. latin-1 (default: UTF-8, or UTF-16 with its byte-order "
+        "mark)",
     )
     ingest.set_defaults(run=_ingest)
 

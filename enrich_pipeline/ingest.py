@@ -8,6 +8,7 @@ validity is not judged here: the pipeline checks those once per landed row.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections.abc import Sequence
@@ -32,10 +33,38 @@ REASON_BAD_DATE = "unparseable date"
 
 # RFC 4180 pinned down rather than sniffed: a sniffed dialect can silently skip leading lines
 # or treat '#...' rows as comments, and we never drop a row without saying so.
-_READ_CSV = (
-    "read_csv(?, all_varchar = true, header = true, delim = ',', quote = '\"', "
-    "escape = '\"', comment = '', skip = 0)"
-)
+# Delimiters a header line is looked at for, in the order a tie is decided.
+_DELIMITERS = (",", ";", "\t", "|")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+    @property
+    def read_sql(self) -> str:
+        """``read_csv`` of the file given as the one parameter, every value as text."""
+        delimiter = "\\t" if self.delimiter == "\t" else self.delimiter
+        return (
+            f"read_csv(?, all_varchar = true, header = true, delim = '{delimiter}', "
+            f"quote = '\"', escape = '\"', comment = '', skip = 0, "
+            f"encoding = '{self.encoding}')"
+        )
+
+
+def _dialect(head: bytes, encoding: str | None) -> CsvDialect:
+    """The file's delimiter (its header line's: a spreadsheet set to a European locale saves
+    ';') and encoding (given, else UTF-16 when the file starts with its byte-order mark)."""
+    if encoding is None:
+        encoding = "utf-16" if head.startswith(_UTF16_BOMS) else "utf-8"
+    python_encoding = {"utf-8": "utf-8-sig"}.get(encoding, encoding)
+    first_line = head.decode(python_encoding, errors="replace").splitlines()[0:1]
+    header = first_line[0] if first_line else ""
+    delimiter = next((d for d in _DELIMITERS if d in header), ",")
+    return CsvDialect(delimiter=delimiter, encoding=encoding)
+
 
 # Landed columns other than the ones ingest fills itself; all nullable strings.
 CONTACT_COLUMNS: tuple[str, ...] = (
@@ -142,9 +171,11 @@ def ingest_file(
     source: str | None = None,
     now: datetime | None = None,
     skip_if_landed: bool = False,
+    encoding: str | None = None,
 ) -> IngestReport:
     """Append every row of ``csv_path`` to the warehouse: to ``raw_contacts`` if it can land,
-    else to ``quarantine``.
+    else to ``quarantine``. ``encoding``: the file's (default UTF-8, or UTF-16 with its
+    byte-order mark); the delimiter is the header line's (``,``, ``;``, tab or ``|``).
 
     A row's source is its own source column when the file has one and the cell is filled,
     else ``source``, else the file's stem. ``received_at`` comes from the file's
@@ -155,14 +186,14 @@ def ingest_file(
     """
     csv_path = Path(csv_path)
     landed_at = utc_naive(now or datetime.now(UTC))
-    mapping = _map_headers(csv_path)
+    mapping, dialect = _map_headers(csv_path, encoding)
     fallback_source = source.strip() if source and source.strip() else csv_path.stem
 
     with connect(warehouse_path) as con:
         prepare_session(con)
         # Staged before the transaction: a temp table's rowid is only its row position once
         # committed, and staging writes nothing to the warehouse's own tables.
-        _stage(con, csv_path, mapping, fallback_source, landed_at)
+        _stage(con, csv_path, dialect, mapping, fallback_source, landed_at)
         # One transaction from the "landed before?" check to the last insert, so a file is
         # either wholly landed or not at all.
         with transaction(con):
@@ -192,7 +223,7 @@ def prepare_session(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_PARSE_MACRO)
 
 
-def _map_headers(csv_path: Path) -> ColumnMapping:
+def _map_headers(csv_path: Path, encoding: str | None) -> tuple[ColumnMapping, CsvDialect]:
     """Check the file is a readable CSV with usable headers before touching the warehouse."""
     if not csv_path.exists():
         raise IngestError(f"{csv_path}: no such file")
@@ -203,15 +234,19 @@ def _map_headers(csv_path: Path) -> ColumnMapping:
     if not head.strip(b" \t\r\n\xef\xbb\xbf") and len(head) < 4096:
         raise IngestError(f"{csv_path}: the file is empty")
     try:
+        dialect = _dialect(head, encoding)
+    except LookupError as exc:
+        raise IngestError(f"{csv_path}: unknown encoding {encoding!r}") from exc
+    try:
         with duckdb.connect() as probe:
             headers = [
                 row[0]
                 for row in probe.execute(
-                    f"DESCRIBE SELECT * FROM {_READ_CSV}", [str(csv_path)]
+                    f"DESCRIBE SELECT * FROM {dialect.read_sql}", [str(csv_path)]
                 ).fetchall()
             ]
     except duckdb.Error as exc:
-        raise IngestError(f"{csv_path}: could not be read as CSV: {_short_error(exc)}") from exc
+        raise _unreadable(csv_path, dialect, exc) from exc
     try:
         mapping = map_columns(headers)
     except ColumnMappingError as exc:
@@ -224,7 +259,7 @@ def _map_headers(csv_path: Path) -> ColumnMapping:
         )
     if mapping.unrecognised:
         log.warning("%s: ignoring columns %s", csv_path, ", ".join(mapping.unrecognised))
-    return mapping
+    return mapping, dialect
 
 
 # How DuckDB names the second and later columns that share a header: "Email", "Email_1".
@@ -264,6 +299,7 @@ def _earlier_landing(con: duckdb.DuckDBPyConnection, source_file: str) -> Ingest
 def _stage(
     con: duckdb.DuckDBPyConnection,
     csv_path: Path,
+    dialect: CsvDialect,
     mapping: ColumnMapping,
     fallback_source: str,
     landed_at: datetime,
@@ -271,9 +307,9 @@ def _stage(
     """Read the file into ``__src`` and derive ``__checked`` from it (temp tables)."""
     try:
         # Materialised so rowid is the row's position in the file (insertion order is kept).
-        con.execute(f"CREATE TEMP TABLE __src AS SELECT * FROM {_READ_CSV}", [str(csv_path)])
+        con.execute(f"CREATE TEMP TABLE __src AS SELECT * FROM {dialect.read_sql}", [str(csv_path)])
     except duckdb.Error as exc:
-        raise IngestError(f"{csv_path}: could not be read as CSV: {_short_error(exc)}") from exc
+        raise _unreadable(csv_path, dialect, exc) from exc
     check_staged(con, mapping, _CSV_ROWS, {"fallback_source": fallback_source, "now": landed_at})
 
 
@@ -428,6 +464,50 @@ def quote_ident(name: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _unreadable(csv_path: Path, dialect: CsvDialect, exc: duckdb.Error) -> IngestError:
+    """DuckDB could not read the file: say which line is wrong and how to fix it, where the
+    file itself shows it, else DuckDB's own words."""
+    problem = _encoding_problem(exc, dialect) or _line_problem(csv_path, dialect)
+    return IngestError(f"{csv_path}: could not be read as CSV: {problem or _short_error(exc)}")
+
+
+def _encoding_problem(exc: duckdb.Error, dialect: CsvDialect) -> str | None:
+    text = str(exc)
+    if "not utf-8 encoded" not in text and "Invalid unicode" not in text:
+        return None
+    found = re.search(r"Line: (\d+)", text)
+    where = f"line {found[1]}" if found else "a line"
+    return (
+        f"{where} is not {dialect.encoding} text: pass --encoding with the file's encoding "
+        "(for example --encoding latin-1), or save the file as UTF-8"
+    )
+
+
+def _line_problem(csv_path: Path, dialect: CsvDialect) -> str | None:
+    """The first row whose field count differs from the header's, or an unclosed quote."""
+    encoding = {"utf-8": "utf-8-sig"}.get(dialect.encoding, dialect.encoding)
+    with csv_path.open(encoding=encoding, errors="replace", newline="") as fh:
+        reader = csv.reader(fh, delimiter=dialect.delimiter, strict=True)
+        started = 1
+        try:
+            header = next(reader, [])
+            started = reader.line_num + 1
+            for row in reader:
+                if row and len(row) != len(header):
+                    return (
+                        f"line {started} has {len(row)} fields where the header has "
+                        f"{len(header)}: quote any value that contains {dialect.delimiter!r}, "
+                        "or remove the extra fields"
+                    )
+                started = reader.line_num + 1
+        except csv.Error:
+            return (
+                f'line {started} opens a quote (") that is never closed: close it, or double '
+                'any quote inside a quoted value ("")'
+            )
+    return None
 
 
 def _short_error(exc: duckdb.Error) -> str:

@@ -365,7 +365,7 @@ def _ragged_after_sniffing() -> bytes:
         (bytes(range(256)) * 8, "could not be read as CSV"),
         (b"Record ID,City\n1,Boston\n", "no column identifies a contact"),
         (b"Email,Name\na@b.com,x,y\nc@d.com\n", "could not be read as CSV"),
-        (_ragged_after_sniffing(), "Line: 25002"),
+        (_ragged_after_sniffing(), "line 25002 has 3 fields where the header has 2"),
     ],
     ids=["missing", "empty", "binary", "no-identifying-column", "ragged", "ragged-late"],
 )
@@ -476,3 +476,50 @@ def test_the_cli_always_says_which_columns_it_ignored(
     printed = capsys.readouterr().out
     assert "1 accepted" in printed
     assert "ignored columns (no field takes them): Favourite Colour, Shoe Size" in printed
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"Email,First Name\na@b.io,Ada\nc@d.io,Bo,extra,more\n",
+            "line 3 has 4 fields where the header has 2: quote any value that contains ','",
+        ),
+        (b'Email,First Name\na@b.io,"Ada\nc@d.io,Bo\n', 'line 2 opens a quote (") that is never'),
+        (
+            "Email,First Name\na@b.io,José\n".encode("latin-1"),
+            "line 2 is not utf-8 text: pass --encoding with the file's encoding",
+        ),
+    ],
+    ids=["ragged", "unclosed-quote", "latin-1"],
+)
+def test_an_unreadable_file_is_refused_naming_the_line_and_the_fix(
+    warehouse: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "broken.csv"
+    path.write_bytes(content)
+    with pytest.raises(IngestError, match="could not be read as CSV") as refused:
+        ingest_file(warehouse, path, now=NOW)
+    assert message in str(refused.value)
+    assert "sniffing" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"),
+    [
+        ("Email;First Name;City\nada@ae.io;José;Oslo\n".encode(), None),
+        ("Email\tFirst Name\tCity\nada@ae.io\tJosé\tOslo\n".encode(), None),
+        ("Email,First Name,City\nada@ae.io,José,Oslo\n".encode("utf-16"), None),
+        ("Email,First Name,City\nada@ae.io,José,Oslo\n".encode("latin-1"), "latin-1"),
+    ],
+    ids=["semicolons", "tabs", "utf-16", "latin-1-given"],
+)
+def test_other_delimiters_and_encodings_land(
+    warehouse: Path, tmp_path: Path, content: bytes, encoding: str | None
+) -> None:
+    path = tmp_path / "other.csv"
+    path.write_bytes(content)
+    ingest_file(warehouse, path, now=NOW, encoding=encoding)
+    assert query(warehouse, "SELECT email, first_name, city FROM raw_contacts") == [
+        ("ada@ae.io", "José", "Oslo")
+    ]
