@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 def _ingest(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     report = ingest_file(
-        settings.warehouse_path, args.file, source=args.source, encoding=args.encoding
+        settings.warehouse_path,
+        args.file,
+        source=args.source,
+        encoding=args.encoding,
+        memory_limit=settings.duckdb_memory_limit,
     )
     print(
         f"{report.source_file}: {report.rows_read} rows read, {report.accepted} accepted, "

@@ -50,7 +50,12 @@ def main() -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    report = ingest_file(settings.warehouse_path, SAMPLE, skip_if_landed=True)
+    report = ingest_file(
+        settings.warehouse_path,
+        SAMPLE,
+        skip_if_landed=True,
+        memory_limit=settings.duckdb_memory_limit,
+    )
     if report.already_landed:
         print(f"{SAMPLE}: already landed earlier ({report.rows_read} rows); not landed twice")
     else:

@@ -172,10 +172,12 @@ def ingest_file(
     now: datetime | None = None,
     skip_if_landed: bool = False,
     encoding: str | None = None,
+    memory_limit: str | None = None,
 ) -> IngestReport:
     """Append every row of ``csv_path`` to the warehouse: to ``raw_contacts`` if it can land,
     else to ``quarantine``. ``encoding``: the file's (default UTF-8, or UTF-16 with its
     byte-order mark); the delimiter is the header line's (``,``, ``;``, tab or ``|``).
+    ``memory_limit`` caps DuckDB's memory (``ENRICH_DUCKDB_MEMORY_LIMIT``); past it, it spills.
 
     A row's source is its own source column when the file has one and the cell is filled,
     else ``source``, else the file's stem. ``received_at`` comes from the file's
@@ -189,7 +191,7 @@ def ingest_file(
     mapping, dialect = _map_headers(csv_path, encoding)
     fallback_source = source.strip() if source and source.strip() else csv_path.stem
 
-    with connect(warehouse_path) as con:
+    with connect(warehouse_path, memory_limit=memory_limit) as con:
         prepare_session(con)
         # Staged before the transaction: a temp table's rowid is only its row position once
         # committed, and staging writes nothing to the warehouse's own tables.

@@ -43,7 +43,7 @@ class WarehouseSettings(BaseModel):
     duckdb_memory_limit: str = setting(
         "ENRICH_DUCKDB_MEMORY_LIMIT",
         "1GB",
-        "DuckDB memory cap per connection (beyond it, DuckDB spills to disk)",
+        "DuckDB memory cap per connection, CSV ingest included (beyond it, DuckDB spills to disk)",
     )
 
 
