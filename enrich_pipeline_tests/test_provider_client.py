@@ -570,3 +570,12 @@ def test_key_never_appears_in_messages_or_logs(
     assert (run.error is not None) or any(result.error for result in run.results)
     assert all(KEY not in text for text in texts)
     assert caplog.records  # something was logged and checked
+
+
+def test_a_look_up_still_rate_limited_after_every_retry_is_pending_not_an_error() -> None:
+    router = mock_router()
+    router.post("/person/enrich").respond(429, headers={"Retry-After": "1"})
+    run = run_enrich(router, people(3), max_concurrency=1, max_attempts=2)
+    assert run.error is None
+    assert run.results == [], "nothing is stored as an error: the next run asks again"
+    assert run.stats.rate_limited_pending == 3

@@ -18,7 +18,7 @@ import math
 import random
 import selectors
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import pytest
 from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats, PersonQuery
+from enrich_pipeline.provider.models import Outcome as Outcome_
 from enrich_pipeline.provider.pacing import PACING_MARGIN
 from enrich_pipeline.provider.transports import THROTTLE_JITTER_S, ThrottleTransport
 from enrich_pipeline.sandbox.config import BulkCost, HeaderStyle, LimitAlgorithm, SandboxConfig
@@ -542,3 +543,40 @@ def test_sandbox_window_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENRICH_SANDBOX_RATE_WINDOW_S", "0")
     with pytest.raises(SettingError, match="ENRICH_SANDBOX_RATE_WINDOW_S"):
         Settings.from_env()
+
+
+class StrictLimiter:
+    """A fixed window that refuses a call costing more than the whole limit, every time (the
+    sandbox lets one through in a fresh window)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._window = make_limiter("fixed_window", limit, sim_clock)
+
+    def acquire(self, cost: int = 1) -> Decision:
+        decision = self._window.acquire(min(cost, self.limit) if cost <= self.limit else 0)
+        if cost <= self.limit:
+            return decision
+        return replace(decision, allowed=False, retry_after_s=max(1, decision.reset_after_s))
+
+
+def test_a_bulk_call_that_can_never_fit_is_split_and_every_record_converges() -> None:
+    # The provider counts a bulk call per item and allows 50 a minute: a call of 100 is refused
+    # every time. The refusals' RateLimit-Limit says so; the call is split, and no record is
+    # ever stored as an error for having been rate-limited.
+    results: list[Any] = []
+
+    async def main() -> SimulatedProvider:
+        server = SimulatedProvider(StrictLimiter(50), "draft", 0.2, bulk_cost="item")
+        async with build_http_client(
+            base_url=BASE, api_key=KEY, stats=CallStats(), transport=server, clock=sim_clock
+        ) as http:
+            client = EnrichmentClient(http, stats=CallStats(), use_bulk=True, bulk_size=100)
+            async for result in client.enrich("person", queries(369)):
+                results.append(result)
+        return server
+
+    server = run_simulated(main)
+    assert len(results) == 369
+    assert {result.status for result in results} == {Outcome_.NO_MATCH}
+    assert sum(a.items for a in server.arrivals if a.status == 200) == 369

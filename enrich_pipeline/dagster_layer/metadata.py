@@ -71,6 +71,7 @@ def enrichment_metadata(
         ),
         "stopped_at_credit_budget": stats.budget_exhausted,
         "lookups_deferred": stats.deferred,
+        "lookups_pending_rate_limited": stats.rate_limited_pending,
         "rate_limit_learned": (
             MetadataValue.text(f"{stats.rate_limit} per {stats.rate_window_s:g} s")
             if stats.rate_limit and stats.rate_window_s

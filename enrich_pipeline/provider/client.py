@@ -267,10 +267,11 @@ class EnrichmentClient:
         self, kind: Kind, item: _Work, work: asyncio.Queue[_Work]
     ) -> list[EnrichmentResult]:
         if isinstance(item, _Single):
-            return [await self._enrich_one(kind, item.query)]
+            result = await self._enrich_one(kind, item.query)
+            return [] if result is None else [result]
         if self._use_bulk:
             try:
-                return await self._enrich_bulk(kind, item.queries)
+                return await self._enrich_bulk(kind, item.queries, work)
             except _BulkRefused as refused:
                 self._stop_using_bulk(kind, refused.status_code)
         # Requeued rather than run here, so idle workers share the single calls.
@@ -295,7 +296,9 @@ class EnrichmentClient:
         fields = self._fields.get(kind)
         return {"include_fields": fields} if fields else {}
 
-    async def _enrich_one(self, kind: Kind, query: Query) -> EnrichmentResult:
+    async def _enrich_one(self, kind: Kind, query: Query) -> EnrichmentResult | None:
+        """The look-up's result; None when it is still rate-limited after every retry (it is
+        pending, for the next run, not an error)."""
         path = f"/{kind}/enrich"
         try:
             response = await self._http.post(
@@ -304,6 +307,9 @@ class EnrichmentClient:
         except httpx.HTTPError as exc:
             return self._failed(query.key, f"{type(exc).__name__} calling {path}")
         self._raise_if_fatal(response, path)
+        if response.status_code == 429:
+            self._defer([query])
+            return None
         if response.status_code == 404:
             return EnrichmentResult(query.key, Outcome.NO_MATCH)
         if response.status_code != 200:
@@ -318,7 +324,9 @@ class EnrichmentClient:
         self._count_unreported_credits(response, [result])
         return result
 
-    async def _enrich_bulk(self, kind: Kind, queries: Sequence[Query]) -> list[EnrichmentResult]:
+    async def _enrich_bulk(
+        self, kind: Kind, queries: Sequence[Query], work: asyncio.Queue[_Work]
+    ) -> list[EnrichmentResult]:
         path = f"/{kind}/enrich/bulk"
         items = [{**query.identifiers(), "metadata": {"key": query.key}} for query in queries]
         try:
@@ -332,6 +340,8 @@ class EnrichmentClient:
         if response.status_code in BULK_REFUSED_STATUSES:
             raise _BulkRefused(response.status_code)
         self._raise_if_fatal(response, path)
+        if response.status_code == 429:
+            return self._rate_limited_bulk(queries, work)
         if response.status_code != 200:
             return self._all_failed(queries, self._describe(response))
         body = _json_object(response)
@@ -342,6 +352,25 @@ class EnrichmentClient:
         results = [self._bulk_item(kind, query.key, by_key.get(query.key)) for query in queries]
         self._count_unreported_credits(response, results)
         return results
+
+    def _rate_limited_bulk(
+        self, queries: Sequence[Query], work: asyncio.Queue[_Work]
+    ) -> list[EnrichmentResult]:
+        """Still refused with 429 after every retry. When the limit the refusals stated cannot
+        take a call this big (a provider counting bulk calls per item), it is split and its
+        parts queued; otherwise its records are pending, for the next run. Never errors:
+        nothing is wrong with them."""
+        affordable = self._pacer.bulk_items(len(queries)) if self._pacer is not None else 0
+        if 0 < affordable < len(queries):
+            for start in range(0, len(queries), affordable):
+                work.put_nowait(_Bulk(tuple(queries[start : start + affordable])))
+        else:
+            self._defer(queries)
+        return []
+
+    def _defer(self, queries: Sequence[Query]) -> None:
+        self._stats.rate_limited_pending += len(queries)
+        self._logger.debug("%d look-ups still rate-limited: left for the next run", len(queries))
 
     def _count_unreported_credits(
         self, response: httpx.Response, results: Sequence[EnrichmentResult]

@@ -106,6 +106,8 @@ class CallStats:
     # not attempted and wait for the next run.
     budget_exhausted: bool = False
     deferred: int = 0
+    # Look-ups still refused with 429 after every retry: pending for the next run, not errors.
+    rate_limited_pending: int = 0
 
     def record_response(self, status_code: int) -> None:
         self.responses_by_status[status_code] = self.responses_by_status.get(status_code, 0) + 1
