@@ -26,6 +26,7 @@ from enrich_pipeline.provider.models import EnrichmentResult, Outcome
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
+from enrich_pipeline.warehouse.crm_sync import SYNC_STATE_DDL
 from enrich_pipeline.warehouse.enrichment import store_companies, store_persons
 from enrich_pipeline_tests.helpers import ASSET_KEYS, write_small_csv
 
@@ -286,3 +287,27 @@ def test_enrichment_assets_carry_freshness_policies_from_the_ttls() -> None:
         "enriched_companies": FreshnessPolicy.time_window(fail_window=timedelta(days=60)),
         "crm_exports": FreshnessPolicy.time_window(fail_window=timedelta(days=7)),
     }
+
+
+def test_records_waiting_for_hubspot_warn_with_how_many(settings: Settings) -> None:
+    crm_rows(settings, "ada@ae.io", "grace@navy.mil", "alan@bletchley.uk")
+    assert run_checks(settings)["crm_exports:every_record_reached_hubspot"].description == (
+        "hubspot is not a destination"
+    )
+
+    settings = settings.model_copy(update={"crm_destinations": ["file", "hubspot"]})
+    sql(settings, SYNC_STATE_DDL)
+    for email, status in (("ada@ae.io", "sent"), ("grace@navy.mil", "failed")):
+        sql(
+            settings,
+            "INSERT INTO crm_sync_state VALUES ('hubspot', ?, 'f', ?, NULL, NULL, ?, NULL, 'p', ?)",
+            email,
+            status,
+            NOW,
+            NOW,
+        )
+    check = run_checks(settings)["crm_exports:every_record_reached_hubspot"]
+
+    assert_failed(check, AssetCheckSeverity.WARN)
+    assert figures(check) == {"waiting": 2, "failed": 1, "never_sent": 1}
+    assert "2 CRM records wait for HubSpot" in (check.description or "")

@@ -37,6 +37,7 @@ from enrich_pipeline.dagster_layer.resources import (
 )
 from enrich_pipeline.settings import PipelineSettings, QualitySettings
 from enrich_pipeline.settings_base import env_name
+from enrich_pipeline.warehouse.crm_sync import HUBSPOT, waiting_for
 from enrich_pipeline.warehouse.quality import (
     Staleness,
     company_staleness,
@@ -239,6 +240,38 @@ def quarantine_share_below_ceiling(
     )
 
 
+@asset_check(
+    asset=crm_exports,
+    name="every_record_reached_hubspot",
+    description=(
+        "Every CRM record is in HubSpot when it is a destination: how many wait (failed at their "
+        "last attempt, or never sent), to be sent by the next run."
+    ),
+)
+def every_record_reached_hubspot(
+    warehouse: WarehouseResource, pipeline: PipelineResource
+) -> AssetCheckResult:
+    if HUBSPOT not in pipeline.crm_destinations:
+        return AssetCheckResult(passed=True, description="hubspot is not a destination")
+    with warehouse.connect() as con:
+        waiting = waiting_for(con, HUBSPOT)
+    return AssetCheckResult(
+        passed=waiting.total == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            "every CRM record has reached HubSpot"
+            if waiting.total == 0
+            else f"{waiting.total} CRM records wait for HubSpot ({waiting.failed} failed at "
+            f"their last attempt, {waiting.never_sent} never sent): the next run sends them"
+        ),
+        metadata={
+            "waiting": waiting.total,
+            "failed": waiting.failed,
+            "never_sent": waiting.never_sent,
+        },
+    )
+
+
 QUALITY_CHECKS = [
     quarantine_share_below_ceiling,
     every_contact_has_a_person_status,
@@ -246,6 +279,7 @@ QUALITY_CHECKS = [
     person_stale_share_below_ceiling,
     company_stale_share_below_ceiling,
     no_duplicate_emails,
+    every_record_reached_hubspot,
 ]
 
 

@@ -198,6 +198,33 @@ def prepare_pending(con: duckdb.DuckDBPyConnection, spec: SyncSpec) -> PendingCo
     return PendingCounts(records, new, changed, retry, removed)
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Records a destination does not hold yet: failed at their last attempt, or never sent."""
+
+    failed: int
+    never_sent: int
+
+    @property
+    def total(self) -> int:
+        return self.failed + self.never_sent
+
+
+def waiting_for(con: duckdb.DuckDBPyConnection, destination: str) -> Waiting:
+    """What ``destination`` does not hold of the CRM records (changed records it holds an older
+    version of are not counted: it has them)."""
+    con.execute(SYNC_STATE_DDL)
+    failed, never_sent = con.execute(
+        """
+        SELECT count(*) FILTER (WHERE s.status = 'failed'), count(*) FILTER (WHERE s.email IS NULL)
+        FROM crm_contacts c
+        LEFT JOIN crm_sync_state s ON s.destination = ? AND s.email = c.email
+        """,
+        [destination],
+    ).fetchone()  # type: ignore[misc]
+    return Waiting(failed=failed, never_sent=never_sent)
+
+
 def read_pending(
     con: duckdb.DuckDBPyConnection, spec: SyncSpec, *, after: str = "", limit: int
 ) -> list[PendingRecord]:
