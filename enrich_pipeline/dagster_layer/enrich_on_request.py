@@ -23,7 +23,7 @@ import duckdb
 from enrich_pipeline.clock import utc_now
 from enrich_pipeline.dagster_layer.assets.enriched_companies import COMPANY_STEP
 from enrich_pipeline.dagster_layer.assets.enriched_persons import PERSON_STEP
-from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment
+from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment, run_together
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineResource,
@@ -177,12 +177,7 @@ class EnrichOnRequest:
             )
             if queries
         ]
-        await asyncio.gather(
-            *(
-                work.run_async(self._enrichment, self._warehouse, self._pipeline, log)
-                for work in works
-            )
-        )
+        await run_together(works, self._enrichment, self._warehouse, self._pipeline, log)
 
 
 def _person_query(identity: str) -> PersonQuery:

@@ -5,7 +5,7 @@ connection, and reports the cost."""
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Self
@@ -156,6 +156,19 @@ class WindowEnrichment:
                 report=self.report,
                 save_every_s=pipeline.save_every_s,
             )
+
+
+async def run_together(
+    works: Sequence[WindowEnrichment],
+    enrichment: EnrichmentResource,
+    warehouse: WarehouseResource,
+    pipeline: PipelineResource,
+    logger: logging.Logger,
+) -> None:
+    """Several kinds or windows looked up at once, each through a client of its own."""
+    await asyncio.gather(
+        *(work.run_async(enrichment, warehouse, pipeline, logger) for work in works)
+    )
 
 
 def materialise_enrichment(

@@ -28,7 +28,11 @@ from enrich_pipeline.dagster_layer.destinations import (
     deliver_to_each,
 )
 from enrich_pipeline.dagster_layer.enrich_on_request import EnrichOnRequest, Publish
-from enrich_pipeline.dagster_layer.enrichment_asset import EnrichmentStep, WindowEnrichment
+from enrich_pipeline.dagster_layer.enrichment_asset import (
+    EnrichmentStep,
+    WindowEnrichment,
+    run_together,
+)
 from enrich_pipeline.dagster_layer.resources import (
     EnrichmentResource,
     PipelineResource,
@@ -201,14 +205,13 @@ class WriteBack:
             mine = self._in_flight.claim(keys)
             try:
                 works = [
-                    only
-                    for work in works
-                    if (
-                        only := work.only({k for kind, k in mine if kind == work.step.kind})
-                    ).selection.queries
+                    work.only({k for kind, k in mine if kind == work.step.kind}) for work in works
                 ]
+                works = [work for work in works if work.selection.queries]
                 if works:
-                    asyncio.run(self._run_together(works))
+                    asyncio.run(
+                        run_together(works, self._enrichment, self._warehouse, self._pipeline, log)
+                    )
             finally:
                 self._in_flight.release(mine)
             # Claimed by another look-up in the meantime: stored before the merge reads it.
@@ -225,14 +228,6 @@ class WriteBack:
             for start, end in windows
         ]
         return [work for work in works if work.selection.queries]
-
-    async def _run_together(self, works: list[WindowEnrichment]) -> None:
-        await asyncio.gather(
-            *(
-                work.run_async(self._enrichment, self._warehouse, self._pipeline, log)
-                for work in works
-            )
-        )
 
 
 def _keys(works: list[WindowEnrichment]) -> set[Key]:
