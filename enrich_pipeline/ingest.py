@@ -54,13 +54,17 @@ class CsvDialect:
         )
 
 
+def _python_encoding(encoding: str) -> str:
+    """The codec Python reads the file with: UTF-8 past a byte-order mark, as DuckDB does."""
+    return {"utf-8": "utf-8-sig"}.get(encoding, encoding)
+
+
 def _dialect(head: bytes, encoding: str | None) -> CsvDialect:
     """The file's delimiter (its header line's: a spreadsheet set to a European locale saves
     ';') and encoding (given, else UTF-16 when the file starts with its byte-order mark)."""
     if encoding is None:
         encoding = "utf-16" if head.startswith(_UTF16_BOMS) else "utf-8"
-    python_encoding = {"utf-8": "utf-8-sig"}.get(encoding, encoding)
-    first_line = head.decode(python_encoding, errors="replace").splitlines()[0:1]
+    first_line = head.decode(_python_encoding(encoding), errors="replace").splitlines()[0:1]
     header = first_line[0] if first_line else ""
     delimiter = next((d for d in _DELIMITERS if d in header), ",")
     return CsvDialect(delimiter=delimiter, encoding=encoding)
@@ -489,7 +493,7 @@ def _encoding_problem(exc: duckdb.Error, dialect: CsvDialect) -> str | None:
 
 def _line_problem(csv_path: Path, dialect: CsvDialect) -> str | None:
     """The first row whose field count differs from the header's, or an unclosed quote."""
-    encoding = {"utf-8": "utf-8-sig"}.get(dialect.encoding, dialect.encoding)
+    encoding = _python_encoding(dialect.encoding)
     with csv_path.open(encoding=encoding, errors="replace", newline="") as fh:
         reader = csv.reader(fh, delimiter=dialect.delimiter, strict=True)
         started = 1

@@ -128,9 +128,9 @@ def landed_values(lead: Mapping[str, Any]) -> dict[str, str | None]:
     values: dict[str, str | None] = {}
     for column in CONTACT_COLUMNS:
         filled = (
-            (_text(lead[key]) if column == "email" else _filled(_text(lead[key])))
+            _text(lead[key]) if column == "email" else value
             for key in mapping.columns.get(column, ())
-            if _filled(_text(lead[key]))
+            if (value := _filled(_text(lead[key])))
         )
         values[column] = next(filled, None)
     return values

@@ -253,11 +253,16 @@ def crm_records(
     for row in found.fetchall():
         record = dict(zip(columns, row, strict=True))
         record["provenance"] = json.loads(record["provenance"] or "{}")
-        records[record["email"]] = {
-            key: value.isoformat() if hasattr(value, "isoformat") else value
-            for key, value in record.items()
-        }
+        records[record["email"]] = _json_ready(record)
     return records
+
+
+def _json_ready(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Dates and timestamps as ISO text, the rest as it is."""
+    return {
+        key: value.isoformat() if hasattr(value, "isoformat") else value
+        for key, value in record.items()
+    }
 
 
 # What the merge reads of each email's leads, persons and companies, for
@@ -451,10 +456,7 @@ def _preview_record(
             for field, origin in provenance.items()
         },
     }
-    return {
-        key: value.isoformat() if hasattr(value, "isoformat") else value
-        for key, value in record.items()
-    }
+    return _json_ready(record)
 
 
 def _json_time(moment: datetime | None) -> str | None:
