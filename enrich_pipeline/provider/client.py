@@ -362,8 +362,8 @@ class EnrichmentClient:
         nothing is wrong with them."""
         affordable = self._pacer.bulk_items(len(queries)) if self._pacer is not None else 0
         if 0 < affordable < len(queries):
-            for start in range(0, len(queries), affordable):
-                work.put_nowait(_Bulk(tuple(queries[start : start + affordable])))
+            # Queued whole: taken again, it is cut to what fits (``_run_within_budget``).
+            work.put_nowait(_Bulk(tuple(queries)))
         else:
             self._defer(queries)
         return []
