@@ -395,12 +395,14 @@ def measure(
     start_at: float,
     deadline_at: float,
 ) -> Measured:
-    events = [(float(at), int(status)) for at, status in stats["events"]]
-    accepted_at = sorted(at for at, status in events if status != 429)
+    events = [(float(at), int(status), float(done)) for at, status, done in stats["events"]]
+    # Windows count arrivals, as the provider's limiter does; time to N is to the last answer.
+    accepted_at = sorted(at for at, status, _ in events if status != 429)
+    last_answer_at = max((done for _, status, done in events if status != 429), default=start_at)
     accepted, items = len(accepted_at), int(stats["items_enriched"])
     # Item-counted bulk calls cost their items; whole calls of equal size, so the mean is exact.
     unit = items / accepted if row.bulk_cost == "item" and accepted else 1.0
-    end = min(max((at for at, _ in events), default=start_at), deadline_at)
+    end = min(max((done for _, _, done in events), default=start_at), deadline_at)
     warm_up = start_at // WINDOW_S * WINDOW_S
     windows = []
     lo = warm_up + WINDOW_S
@@ -411,14 +413,14 @@ def measure(
     finished = not any(client.stopped_at_deadline for client in clients)
     if finished and accepted_at:
         # The last answer, even if some contacts failed: the row says how many.
-        time_to_n: float | None = accepted_at[-1] - start_at
+        time_to_n: float | None = last_answer_at - start_at
     else:
         # Cut at the deadline: at the pace it kept, N would have taken this long.
         time_to_n = (end - start_at) * row.n / items if items else None
     return Measured(
         row=row,
         requests=len(events),
-        rate_limited=sum(1 for _, status in events if status == 429),
+        rate_limited=sum(1 for _, status, _ in events if status == 429),
         accepted=accepted,
         items=items,
         windows=windows,

@@ -223,7 +223,7 @@ def test_processes_on_one_key_share_the_limit_over_http(
     # The runs overlapped: each began before any other had finished.
     assert max(began for _, _, began, _ in finished) < min(ended for _, _, _, ended in finished)
     assert served["rate_limited"] <= 0.01 * served["requests_total"]
-    arrivals_per_window = Counter(int(at // 60) for at, _ in served["events"])
+    arrivals_per_window = Counter(int(at // 60) for at, _, _ in served["events"])
     assert max(arrivals_per_window.values()) <= LIMIT_PER_MIN + 1
 
 

@@ -428,7 +428,7 @@ def test_stats_count_accepted_and_limited() -> None:
     stats = run(cfg(rate_limit_per_min=3), scenario)
     assert (stats["requests_total"], stats["accepted"], stats["rate_limited"]) == (4, 3, 1)
     assert stats["by_status"] == {"200": 3, "429": 1}
-    assert [status for _, status in stats["events"]] == [200, 200, 200, 429]
+    assert [status for _, status, _ in stats["events"]] == [200, 200, 200, 429]
 
 
 # --- credits, faults, latency -----------------------------------------------------------

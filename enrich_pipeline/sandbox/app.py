@@ -82,16 +82,19 @@ class SandboxStats:
     rate_limited: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     items_enriched: int = 0
-    events: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    # (arrived, status, answered): a limiter counts arrivals; a caller waits for answers.
+    events: deque[tuple[float, int, float]] = field(
+        default_factory=lambda: deque(maxlen=MAX_EVENTS)
+    )
 
-    def record(self, status: int, at: float) -> None:
+    def record(self, status: int, arrived: float, answered: float) -> None:
         self.requests_total += 1
         if status == 429:
             self.rate_limited += 1
         else:
             self.accepted += 1
         self.by_status[status] = self.by_status.get(status, 0) + 1
-        self.events.append((at, status))
+        self.events.append((arrived, status, answered))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -205,10 +208,15 @@ class _Sandbox:
             headers["Credits-Used"] = str(credits_used)
             if self._credits_left is not None:
                 headers["Credits-Remaining"] = str(self._credits_left)
-        self.stats.record(status, self._clock())
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def enrich(self, request: Request, kind: Kind, bulk: bool) -> Response:
+        arrived = self._clock()
+        response = await self._enrich(request, kind, bulk)
+        self.stats.record(response.status_code, arrived, self._clock())
+        return response
+
+    async def _enrich(self, request: Request, kind: Kind, bulk: bool) -> Response:
         headers = {"Request-ID": uuid.uuid4().hex}
         if correlation_id := request.headers.get("correlation-id"):
             headers["Correlation-ID"] = correlation_id
