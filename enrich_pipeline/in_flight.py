@@ -1,44 +1,213 @@
-"""Look-ups being made right now in this process, so that no two of its paths pay for the
-same record at once: the intake's answer-now look-ups and the write-back's passes claim what
-they look up, and wait for what another holds instead of asking the provider again."""
+"""Look-ups being made right now, so that no two paths pay for the same record at once.
+
+Every path that looks records up (a run's enrichment asset, the intake's write-back and its
+answers on request) claims what it is about to look up, looks up only what it claimed, and
+waits for what another holds instead of asking the provider again; then it reads the warehouse
+again. Claims are kept in this process and, given a file, in a small SQLite table beside the
+warehouse that every process on this machine writing it shares: overlapping runs (a backfill,
+a sensor's run, the stale refresh) each pay for an identity once. A claim names the process
+holding it; a process that is gone (killed, out of memory) holds nothing.
+"""
 
 from __future__ import annotations
 
+import itertools
+import secrets
+import sqlite3
 import threading
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+from enrich_pipeline.processes import ProcessId
 from enrich_pipeline.provider.models import Kind
 
 Key = tuple[Kind, str]  # ("person", identity) or ("company", domain)
 
 # Another path's look-up is waited for this long (a slow provider, retrying), then left to it.
 WAIT_S = 30.0
+# How often a claim held by another process is looked at again while waiting for it.
+POLL_S = 0.2
+# Keys per statement: well inside SQLite's limit on parameters.
+_BATCH = 400
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    holder TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_by_owner ON claims (owner);
+"""
 
 
 class InFlight:
-    def __init__(self) -> None:
+    """Claims on look-ups. ``path`` shares them with every process using the same file;
+    without it they are this process's only. ``holder`` says who holds them (a run's id), for
+    the messages of those who wait."""
+
+    def __init__(self, path: str | Path | None = None, *, holder: str = "this process") -> None:
         self._changed = threading.Condition()
         self._claimed: set[Key] = set()
+        self._holder = holder
+        self._owner = secrets.token_hex(8)
+        self._process = ProcessId.current()
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._db = _open(Path(path))
+
+    def close(self) -> None:
+        with self._changed:
+            if self._db is not None:
+                if self._claimed:
+                    self._delete_mine(self._claimed)
+                self._db.close()
+                self._db = None
+            self._claimed.clear()
+            self._changed.notify_all()
+
+    def __enter__(self) -> InFlight:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def claim(self, keys: Iterable[Key]) -> set[Key]:
         """Claim those of ``keys`` nobody holds; returns them (the caller must release them)."""
         with self._changed:
             mine = set(keys) - self._claimed
+            if mine and self._db is not None:
+                mine = self._claim_shared(mine)
             self._claimed |= mine
             return mine
 
     def release(self, keys: Collection[Key]) -> None:
         if keys:
             with self._changed:
-                self._claimed -= set(keys)
+                keys = set(keys) & self._claimed
+                if self._db is not None:
+                    self._delete_mine(keys)
+                self._claimed -= keys
                 self._changed.notify_all()
 
-    def wait(self, keys: Collection[Key], timeout_s: float = WAIT_S) -> bool:
-        """Wait until nobody holds any of ``keys`` (at most ``timeout_s``); returns whether
-        anybody did, so the caller knows to look again at what is stored."""
-        wanted = set(keys)
+    def held(self, keys: Collection[Key]) -> dict[Key, str]:
+        """Those of ``keys`` held by another path (this process's other threads included), and
+        who holds each."""
         with self._changed:
-            if not self._claimed & wanted:
-                return False
-            self._changed.wait_for(lambda: not self._claimed & wanted, timeout_s)
-            return True
+            return self._held(set(keys))
+
+    def wait(self, keys: Collection[Key], timeout_s: float | None = WAIT_S) -> bool:
+        """Wait until nobody else holds any of ``keys`` (at most ``timeout_s``; None waits as
+        long as the holders live); returns whether anybody did, so the caller knows to look
+        again at what is stored."""
+        wanted = set(keys)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waited = False
+        with self._changed:
+            while self._held(wanted):
+                waited = True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                # This process's releases wake the wait; another process's are polled for.
+                pause = POLL_S if self._db is not None else None
+                if left is not None:
+                    pause = left if pause is None else min(pause, left)
+                self._changed.wait(pause)
+            return waited
+
+    def _held(self, wanted: set[Key]) -> dict[Key, str]:
+        held = dict.fromkeys(wanted & self._claimed, self._holder)
+        if self._db is not None and (rest := wanted - self._claimed):
+            held |= self._held_shared(rest)
+        return held
+
+    def _claim_shared(self, keys: set[Key]) -> set[Key]:
+        with self._transaction() as db:
+            self._forget_the_dead(db)
+            db.executemany(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        kind,
+                        key,
+                        self._owner,
+                        self._process.pid,
+                        self._process.started_at,
+                        self._holder,
+                    )
+                    for kind, key in keys
+                ],
+            )
+            return {key for key, owner in self._owners(db, keys) if owner == self._owner}
+
+    def _held_shared(self, keys: set[Key]) -> dict[Key, str]:
+        with self._transaction() as db:
+            if not (owned := self._owners(db, keys, with_holder=True)):
+                return {}
+            self._forget_the_dead(db)
+            living = dict(self._owners(db, {key for key, _ in owned}, with_holder=True))
+        return living
+
+    def _owners(
+        self, db: sqlite3.Connection, keys: set[Key], *, with_holder: bool = False
+    ) -> list[tuple[Key, str]]:
+        column = "holder" if with_holder else "owner"
+        found: list[tuple[Key, str]] = []
+        for batch in _batches(keys):
+            rows = db.execute(
+                f"SELECT kind, key, {column} FROM claims WHERE (kind, key) IN "
+                f"(VALUES {', '.join(['(?, ?)'] * len(batch))})",
+                [part for key in batch for part in key],
+            ).fetchall()
+            found += [((kind, key), value) for kind, key, value in rows]
+        return found
+
+    def _forget_the_dead(self, db: sqlite3.Connection) -> None:
+        """Drop the claims of processes that are gone: nobody is looking those records up."""
+        for pid, started_at in db.execute(
+            "SELECT DISTINCT pid, started_at FROM claims WHERE owner != ?", [self._owner]
+        ).fetchall():
+            if not ProcessId(pid, started_at).is_running():
+                db.execute("DELETE FROM claims WHERE pid = ? AND started_at = ?", [pid, started_at])
+
+    def _delete_mine(self, keys: Collection[Key]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "DELETE FROM claims WHERE kind = ? AND key = ? AND owner = ?",
+                [(kind, key, self._owner) for kind, key in keys],
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Claims are read and written under one write lock, so two processes never both take
+        a key."""
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    # Claims describe processes that are running; after a power cut none are.
+    db.execute("PRAGMA synchronous=OFF")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _batches(keys: Iterable[Key]) -> Iterator[list[Key]]:
+    iterator = iter(keys)
+    while batch := list(itertools.islice(iterator, _BATCH)):
+        yield batch

@@ -4,6 +4,7 @@ sandbox served over real HTTP on loopback."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -71,6 +72,22 @@ def metadata_of(result: ExecuteInProcessResult, asset: str) -> dict[str, object]
     events = result.asset_materializations_for_node(asset)
     assert events, f"{asset} was not materialised"
     return {k: v.value for k, v in events[0].metadata.items()}
+
+
+def in_processes_together(
+    target: Callable[..., None], argsets: list[tuple[Any, ...]], timeout_s: float = 120
+) -> list[Any]:
+    """``target(*args, start, results)`` in a spawned process per argset: each waits at the
+    ``start`` barrier, so they run at once, and puts its outcome on ``results``; the outcomes."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(len(argsets)), context.Queue()
+    processes = [context.Process(target=target, args=(*args, start, results)) for args in argsets]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=timeout_s) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    return outcomes
 
 
 def free_port() -> int:

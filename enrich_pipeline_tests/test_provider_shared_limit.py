@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import multiprocessing
 import time
 from collections import Counter
 from pathlib import Path
@@ -202,21 +201,12 @@ def test_processes_on_one_key_share_the_limit_over_http(
     config = SandboxConfig(
         rate_limit_per_min=LIMIT_PER_MIN, limit_algorithm="fixed_window", latency_ms=200
     )
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(PROCESSES), context.Queue()
     with helpers.sandbox_over_http(config) as url:
-        processes = [
-            context.Process(
-                target=_enrich_in_a_process,
-                args=(url, str(tmp_path), scaled.origin, index, start, results),
-            )
-            for index in range(PROCESSES)
-        ]
-        for process in processes:
-            process.start()
-        finished = [results.get(timeout=60) for _ in processes]
-        for process in processes:
-            process.join(timeout=30)
+        finished = helpers.in_processes_together(
+            _enrich_in_a_process,
+            [(url, str(tmp_path), scaled.origin, index) for index in range(PROCESSES)],
+            timeout_s=60,
+        )
         served = httpx.get(f"{url}/_sandbox/stats").json()
 
     assert all(answered == QUERIES_PER_PROCESS for _, answered, _, _ in finished)

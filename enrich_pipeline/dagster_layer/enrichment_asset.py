@@ -5,6 +5,7 @@ connection, and reports the cost."""
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -33,8 +34,9 @@ from enrich_pipeline.dagster_layer.resources import (
     WarehouseResource,
 )
 from enrich_pipeline.enrichment_pass import PassReport, run_enrichment_pass
+from enrich_pipeline.in_flight import InFlight, Key
 from enrich_pipeline.provider.errors import ProviderError
-from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind
+from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind, Query
 from enrich_pipeline.settings import DataLegionSettings, ProviderClientSettings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection
@@ -96,6 +98,8 @@ class WindowEnrichment:
     report: PassReport
     stats: CallStats = field(default_factory=CallStats)
     changes: int = 0
+    # Stale when selected, then looked up by another run while this one waited.
+    done_elsewhere: int = 0
 
     @classmethod
     def select(
@@ -125,11 +129,29 @@ class WindowEnrichment:
         warehouse: WarehouseResource,
         pipeline: PipelineResource,
         logger: logging.Logger,
+        in_flight: InFlight,
     ) -> None:
         """Look the stale records up, writing results per chunk on a fresh short connection.
-        A ``ProviderError`` (bad key, credits gone) propagates after what arrived is saved."""
-        if self.selection.queries:
-            asyncio.run(self.run_async(enrichment, warehouse, pipeline, logger))
+        Only what no other run is looking up is looked up here; what another holds is waited
+        for while it runs, then selected again: what it stored is fresh, what it could not is
+        looked up here. A ``ProviderError`` (bad key, credits gone) propagates after what
+        arrived is saved."""
+        kind, pending = self.step.kind, self.selection.queries
+        while pending:
+            keys = {(kind, query.key) for query in pending}
+            mine = in_flight.claim(keys)
+            try:
+                if ours := [query for query in pending if (kind, query.key) in mine]:
+                    asyncio.run(self.run_async(enrichment, warehouse, pipeline, logger, ours))
+            finally:
+                in_flight.release(mine)
+            if not (others := keys - mine):
+                return
+            _wait_for_other_runs(in_flight, others, kind, logger)
+            with warehouse.connect() as con:
+                again = self.step.select(con, self.start, self.end, utc_now(), pipeline.freshness)
+            pending = [query for query in again.queries if (kind, query.key) in others]
+            self.done_elsewhere += len(others) - len(pending)
 
     async def run_async(
         self,
@@ -137,25 +159,46 @@ class WindowEnrichment:
         warehouse: WarehouseResource,
         pipeline: PipelineResource,
         logger: logging.Logger,
+        queries: Sequence[Query] | None = None,
     ) -> None:
-        """``run`` inside a running event loop, so several kinds can be looked up at once."""
+        """The look-ups of ``queries`` (all the selection's by default) inside a running event
+        loop, so several kinds can be looked up at once. The caller has claimed them."""
+        queries = self.selection.queries if queries is None else queries
 
         def write_chunk(results: list[EnrichmentResult]) -> None:
             with warehouse.connect() as con:
                 self.changes += self.step.store(con, results, utc_now()) or 0
 
-        if not self.selection.queries:
+        if not queries:
             return
         async with enrichment.client(self.stats, logger) as client:
             await run_enrichment_pass(
                 client,
                 self.step.kind,
-                self.selection.queries,
+                queries,
                 write_chunk,
                 chunk_size=pipeline.chunk_size,
                 report=self.report,
                 save_every_s=pipeline.save_every_s,
             )
+
+
+# While waiting for another run's look-ups, say so this often.
+_WAIT_LOG_EVERY_S = 30.0
+
+
+def _wait_for_other_runs(
+    in_flight: InFlight, keys: set[Key], kind: Kind, logger: logging.Logger
+) -> None:
+    """Until no other live process holds any of ``keys``, saying who holds how many."""
+    while held := in_flight.held(keys):
+        holders = Counter(held.values())
+        logger.info(
+            f"waiting for {len(held)} {kind} look-ups another run is making, not paying for "
+            "them twice: "
+            + ", ".join(f"{count} held by {holder}" for holder, count in holders.most_common())
+        )
+        in_flight.wait(held, timeout_s=_WAIT_LOG_EVERY_S)
 
 
 async def run_together(
@@ -198,12 +241,14 @@ def materialise_enrichment(
             selection=selection,
             report=report,
             changes=work.changes,
+            done_elsewhere=work.done_elsewhere,
             stats=stats,
             started=started,
         )
 
     try:
-        work.run(enrichment, warehouse, pipeline, get_dagster_logger())
+        with warehouse.in_flight(holder=f"run {context.run_id}") as in_flight:
+            work.run(enrichment, warehouse, pipeline, get_dagster_logger(), in_flight)
     except ProviderError as exc:
         raise Failure(
             description=f"{kind} enrichment stopped: {exc}. Results received before the stop "

@@ -43,6 +43,7 @@ def enrichment_metadata(
     selection: StaleSelection[Any],
     report: PassReport,
     changes: int,
+    done_elsewhere: int,
     stats: CallStats,
     started: float,
 ) -> dict[str, Any]:
@@ -55,6 +56,7 @@ def enrichment_metadata(
         "records_in_window": selection.total,
         "lookups_needed": len(selection.queries),
         "calls_saved_fresh": selection.fresh,
+        "lookups_done_by_other_runs": done_elsewhere,
         "matched": report.matched,
         "no_match": report.no_match,
         "errors": report.errors,

@@ -17,6 +17,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from enrich_pipeline.field_profiles import field_profile
+from enrich_pipeline.in_flight import InFlight
 from enrich_pipeline.merge_policy import DEFAULT_RULES, MergePolicy
 from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
@@ -58,6 +59,11 @@ class WarehouseResource(SettingsResource, WarehouseSettings):
     @property
     def exists(self) -> bool:
         return Path(self.warehouse_path).exists()
+
+    def in_flight(self, holder: str) -> InFlight:
+        """Claims on look-ups, shared by every process on this machine writing this warehouse,
+        in a file beside it."""
+        return InFlight(f"{self.warehouse_path}.in_flight.sqlite3", holder=holder)
 
     @contextmanager
     def read(self, max_wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -39,7 +39,7 @@ from enrich_pipeline.dagster_layer.resources import (
     WarehouseResource,
     enrichment_resource,
 )
-from enrich_pipeline.in_flight import InFlight, Key
+from enrich_pipeline.in_flight import Key
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.automation import contiguous_ranges, rows_landed_after
 from enrich_pipeline.warehouse.connection import hold_open
@@ -94,8 +94,8 @@ class WriteBack:
         self._after_ingest_id: int | None = None
         self._retry_at = 0.0
         self._on_merged = on_merged
-        # Shared with ``on_request``'s look-ups, so none is paid for twice.
-        self._in_flight = InFlight()
+        # Shared with ``on_request``'s look-ups and with Dagster runs, so none is paid twice.
+        self._in_flight = warehouse.in_flight(holder="the intake's write-back")
 
     @classmethod
     def from_settings(
