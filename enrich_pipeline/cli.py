@@ -7,6 +7,7 @@ import argparse
 import gc
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,29 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"  quarantined: {count} x {reason}")
     if report.ignored_columns:
         print(f"  ignored columns (no field takes them): {', '.join(report.ignored_columns)}")
+    return 0
+
+
+def _recover_runs(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from enrich_pipeline.dagster_layer.run_workers import fail_dead_runs
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print(
+            "enrich-pipeline: DAGSTER_HOME is not set: set it to the Dagster instance's folder "
+            "(the Makefile's targets use .dagster_home)",
+            file=sys.stderr,
+        )
+        return 2
+    with DagsterInstance.get() as instance:
+        dead = fail_dead_runs(instance)
+    for run in dead:
+        print(
+            f"run {run.run_id} ({run.job_name}): {run.worker.describe()}; marked failed, "
+            f"{run.slots_freed} pool slot(s) freed"
+        )
+    print(f"{len(dead)} dead run(s) found" if dead else "no dead runs: every STARTED run is alive")
     return 0
 
 
@@ -158,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mark)",
     )
     ingest.set_defaults(run=_ingest)
+
+    recover = commands.add_parser(
+        "recover-runs",
+        help="mark runs whose process is gone (kill -9, out of memory, a reboot) failed and "
+        "free their pool slots, without the daemon (DAGSTER_HOME)",
+    )
+    recover.set_defaults(run=_recover_runs)
 
     sandbox = commands.add_parser(
         "sandbox", help="serve the sandbox provider over HTTP (ENRICH_SANDBOX_* settings)"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
 
+from enrich_pipeline.dagster_layer.run_workers import fail_dead_runs
 from enrich_pipeline.destinations.files import export_paths
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import SettingError, Settings
@@ -68,6 +69,10 @@ def main() -> int:
             "SELECT min(received_at)::DATE, max(received_at)::DATE FROM raw_contacts"
         ).fetchone()  # type: ignore[misc]
     partition_range = f"{first}...{last}"
+    # A demo run killed earlier would hold its pool slot and block this one.
+    with DagsterInstance.get() as instance:
+        for dead in fail_dead_runs(instance):
+            print(f"An earlier run ({dead.run_id}) was killed: marked failed, its slots freed")
     print(f"Materialising all four assets over {partition_range} as one run ...")
     materialise_started = time.monotonic()
     done = subprocess.run(

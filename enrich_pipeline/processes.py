@@ -25,13 +25,30 @@ class ProcessId:
         """Alive on this machine: neither gone, nor a zombie its parent has not reaped yet, nor
         a newer process with the same pid."""
         try:
-            process = psutil.Process(self.pid)
-            return (
-                abs(process.create_time() - self.started_at) < _SAME_START_S
-                and process.status() != psutil.STATUS_ZOMBIE
-            )
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return False
+            started_at = _start_time(self.pid)
         except psutil.AccessDenied:
-            # Another user's process: it exists, which is all that can be known.
             return True
+        return started_at is not None and abs(started_at - self.started_at) < _SAME_START_S
+
+
+def started_by(pid: int, moment: float) -> bool:
+    """Whether ``pid`` is a running process that had started by ``moment``: the one that did
+    something then, not a newer process given its pid."""
+    try:
+        started_at = _start_time(pid)
+    except psutil.AccessDenied:
+        return True
+    return started_at is not None and started_at <= moment + _SAME_START_S
+
+
+def _start_time(pid: int) -> float | None:
+    """When the running process ``pid`` started; None when there is none, or only a zombie
+    its parent has not reaped yet. ``AccessDenied`` (another user's process, on some systems)
+    propagates: the process exists, which is all that can be known."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
