@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,11 @@ def materialise_range(
     instance: DagsterInstance | None = None,
     *,
     raise_on_error: bool = True,
+    assets: Sequence[str] = ASSET_KEYS,
 ) -> ExecuteInProcessResult:
     defs = build_definitions(settings)
     return materialize(
-        [defs.get_assets_def(AssetKey(key)) for key in ASSET_KEYS],
+        [defs.get_assets_def(AssetKey(key)) for key in assets],
         resources=defs.resources,
         instance=instance,
         tags={

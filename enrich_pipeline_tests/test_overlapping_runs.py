@@ -9,13 +9,17 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
-from dagster import AssetKey, materialize
 
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings, environment_for
-from enrich_pipeline_tests.helpers import in_processes_together, metadata_of, sandbox_over_http
+from enrich_pipeline_tests.helpers import (
+    in_processes_together,
+    materialise_range,
+    metadata_of,
+    sandbox_over_http,
+)
 
 KEY = "dl-overlap-key-0001"
 DAYS = [f"2026-08-{day:02d}" for day in range(1, 11)]
@@ -32,24 +36,13 @@ def _write_contacts(path: Path) -> Path:
     return path
 
 
-def _materialise(settings: Settings, assets: list[str], first: str, last: str) -> Any:
-    defs = build_definitions(settings)
-    return materialize(
-        [defs.get_assets_def(AssetKey(name)) for name in assets],
-        resources=defs.resources,
-        tags={
-            "dagster/asset_partition_range_start": first,
-            "dagster/asset_partition_range_end": last,
-        },
-        raise_on_error=False,
-    )
-
-
 def _enrich_persons(first: str, last: str, start: Any, results: Any) -> None:
     settings = Settings()
     build_definitions(settings)  # imports and builds before the start line, not after it
     start.wait()
-    result = _materialise(settings, ["enriched_persons"], first, last)
+    result = materialise_range(
+        settings, first, last, raise_on_error=False, assets=["enriched_persons"]
+    )
     metadata = metadata_of(result, "enriched_persons") if result.success else {}
     results.put((result.success, metadata.get("lookups_done_by_other_runs")))
 
@@ -60,7 +53,7 @@ def test_overlapping_runs_look_each_person_up_once(
 ) -> None:
     settings = Settings()
     ingest_file(settings.warehouse_path, _write_contacts(tmp_path / "contacts.csv"))
-    assert _materialise(settings, ["clean_contacts"], DAYS[0], DAYS[-1]).success
+    assert materialise_range(settings, DAYS[0], DAYS[-1], assets=["clean_contacts"]).success
 
     # Slow answers, so each run is still looking up when the other selects its window.
     config = SandboxConfig(accepted_api_key=KEY, latency_ms=400)

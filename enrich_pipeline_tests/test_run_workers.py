@@ -74,7 +74,9 @@ def killed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Kill
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     settings = Settings()
     ingest_file(settings.warehouse_path, write_small_csv(tmp_path))
-    assert materialise_range(settings, DAY, DAY).success  # clean_contacts, for the look-ups
+    assert materialise_range(
+        settings, DAY, DAY, assets=["clean_contacts"]
+    ).success  # clean_contacts, for the look-ups
 
     # Answers take minutes: the run is mid-way, holding its slot, when it is killed.
     env = {**os.environ, **environment_for(latency_ms=600_000)}
