@@ -11,7 +11,6 @@ holding it; a process that is gone (killed, out of memory) holds nothing.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import sqlite3
 import threading
@@ -29,20 +28,26 @@ Key = tuple[Kind, str]  # ("person", identity) or ("company", domain)
 WAIT_S = 30.0
 # How often a claim held by another process is looked at again while waiting for it.
 POLL_S = 0.2
-# Keys per statement: well inside SQLite's limit on parameters.
-_BATCH = 400
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS holders (
+    owner TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    holder TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
     owner TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    holder TEXT NOT NULL,
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS claims_by_owner ON claims (owner);
+CREATE TEMP TABLE IF NOT EXISTS wanted (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 """
 
 
@@ -64,8 +69,9 @@ class InFlight:
     def close(self) -> None:
         with self._changed:
             if self._db is not None:
-                if self._claimed:
-                    self._delete_mine(self._claimed)
+                with self._transaction() as db:
+                    db.execute("DELETE FROM claims WHERE owner = ?", [self._owner])
+                    db.execute("DELETE FROM holders WHERE owner = ?", [self._owner])
                 self._db.close()
                 self._db = None
             self._claimed.clear()
@@ -128,59 +134,64 @@ class InFlight:
         return held
 
     def _claim_shared(self, keys: set[Key]) -> set[Key]:
+        # In key order: a B-tree filled in order is written page by page (a backfill claims up
+        # to a million keys at once).
+        ordered = sorted(keys)
         with self._transaction() as db:
             self._forget_the_dead(db)
-            db.executemany(
-                "INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        kind,
-                        key,
-                        self._owner,
-                        self._process.pid,
-                        self._process.started_at,
-                        self._holder,
-                    )
-                    for kind, key in keys
-                ],
+            db.execute(
+                "INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
+                [self._owner, self._process.pid, self._process.started_at, self._holder],
             )
-            return {key for key, owner in self._owners(db, keys) if owner == self._owner}
+            db.executemany(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?, ?)",
+                [(kind, key, self._owner) for kind, key in ordered],
+            )
+            return keys - self._others(db, ordered).keys()
 
     def _held_shared(self, keys: set[Key]) -> dict[Key, str]:
+        ordered = sorted(keys)
         with self._transaction() as db:
-            if not (owned := self._owners(db, keys, with_holder=True)):
+            if not self._others(db, ordered):
                 return {}
             self._forget_the_dead(db)
-            living = dict(self._owners(db, {key for key, _ in owned}, with_holder=True))
-        return living
+            return self._others(db, ordered)
 
-    def _owners(
-        self, db: sqlite3.Connection, keys: set[Key], *, with_holder: bool = False
-    ) -> list[tuple[Key, str]]:
-        column = "holder" if with_holder else "owner"
-        found: list[tuple[Key, str]] = []
-        for batch in _batches(keys):
-            rows = db.execute(
-                f"SELECT kind, key, {column} FROM claims WHERE (kind, key) IN "
-                f"(VALUES {', '.join(['(?, ?)'] * len(batch))})",
-                [part for key in batch for part in key],
-            ).fetchall()
-            found += [((kind, key), value) for kind, key, value in rows]
-        return found
+    def _others(self, db: sqlite3.Connection, ordered: list[Key]) -> dict[Key, str]:
+        """Those of ``ordered`` another owner claimed, and its holder; by index, however many
+        keys are asked about."""
+        db.execute("DELETE FROM temp.wanted")
+        db.executemany("INSERT OR IGNORE INTO temp.wanted VALUES (?, ?)", ordered)
+        rows = db.execute(
+            """
+            SELECT c.kind, c.key, h.holder
+            FROM temp.wanted AS w
+            JOIN claims AS c ON c.kind = w.kind AND c.key = w.key
+            JOIN holders AS h ON h.owner = c.owner
+            WHERE c.owner != ?
+            """,
+            [self._owner],
+        ).fetchall()
+        return {(kind, key): holder for kind, key, holder in rows}
 
     def _forget_the_dead(self, db: sqlite3.Connection) -> None:
         """Drop the claims of processes that are gone: nobody is looking those records up."""
-        for pid, started_at in db.execute(
-            "SELECT DISTINCT pid, started_at FROM claims WHERE owner != ?", [self._owner]
+        for owner, pid, started_at in db.execute(
+            "SELECT owner, pid, started_at FROM holders WHERE owner != ?", [self._owner]
         ).fetchall():
             if not ProcessId(pid, started_at).is_running():
-                db.execute("DELETE FROM claims WHERE pid = ? AND started_at = ?", [pid, started_at])
+                db.execute("DELETE FROM claims WHERE owner = ?", [owner])
+                db.execute("DELETE FROM holders WHERE owner = ?", [owner])
 
     def _delete_mine(self, keys: Collection[Key]) -> None:
         with self._transaction() as db:
+            if len(keys) == len(self._claimed):
+                # Everything this owner holds (a run's whole selection): one indexed delete.
+                db.execute("DELETE FROM claims WHERE owner = ?", [self._owner])
+                return
             db.executemany(
                 "DELETE FROM claims WHERE kind = ? AND key = ? AND owner = ?",
-                [(kind, key, self._owner) for kind, key in keys],
+                [(kind, key, self._owner) for kind, key in sorted(keys)],
             )
 
     @contextmanager
@@ -203,11 +214,6 @@ def _open(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     # Claims describe processes that are running; after a power cut none are.
     db.execute("PRAGMA synchronous=OFF")
+    db.execute("PRAGMA temp_store=MEMORY")
     db.executescript(_SCHEMA)
     return db
-
-
-def _batches(keys: Iterable[Key]) -> Iterator[list[Key]]:
-    iterator = iter(keys)
-    while batch := list(itertools.islice(iterator, _BATCH)):
-        yield batch
