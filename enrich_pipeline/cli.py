@@ -30,7 +30,7 @@ def _ingest(args: argparse.Namespace) -> int:
         args.file,
         source=args.source,
         encoding=args.encoding,
-        memory_limit=settings.duckdb_memory_limit,
+        memory_limit=settings.ingest_memory_limit,
     )
     print(
         f"{report.source_file}: {report.rows_read} rows read, {report.accepted} accepted, "

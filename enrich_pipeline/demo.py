@@ -55,7 +55,7 @@ def main() -> int:
         settings.warehouse_path,
         SAMPLE,
         skip_if_landed=True,
-        memory_limit=settings.duckdb_memory_limit,
+        memory_limit=settings.ingest_memory_limit,
     )
     if report.already_landed:
         print(f"{SAMPLE}: already landed earlier ({report.rows_read} rows); not landed twice")

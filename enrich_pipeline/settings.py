@@ -43,7 +43,14 @@ class WarehouseSettings(BaseModel):
     duckdb_memory_limit: str = setting(
         "ENRICH_DUCKDB_MEMORY_LIMIT",
         "1GB",
-        "DuckDB memory cap per connection, CSV ingest included (beyond it, DuckDB spills to disk)",
+        "DuckDB memory cap per connection of the pipeline's steps (beyond it, DuckDB spills to "
+        "disk; the CRM merge of a million contacts needs about 1 GB)",
+    )
+    ingest_memory_limit: str = setting(
+        "ENRICH_INGEST_MEMORY_LIMIT",
+        "640MB",
+        "DuckDB memory cap while landing a CSV; with the process's own 100 MB or so, a file of "
+        "any size lands in under 1 GB",
     )
 
 

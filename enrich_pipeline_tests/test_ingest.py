@@ -12,6 +12,7 @@ import pytest
 from enrich_pipeline.cli import main
 from enrich_pipeline.column_mapping import ColumnMappingError, map_columns
 from enrich_pipeline.ingest import IngestError, IngestReport, ingest_file
+from enrich_pipeline_tests.helpers import write_small_csv
 
 NOW = datetime(2026, 9, 1, 12, 0, 0)
 
@@ -523,3 +524,21 @@ def test_other_delimiters_and_encodings_land(
     assert query(warehouse, "SELECT email, first_name, city FROM raw_contacts") == [
         ("ada@ae.io", "José", "Oslo")
     ]
+
+
+def test_the_cli_lands_a_file_under_the_ingest_memory_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from enrich_pipeline import cli
+
+    caps: list[str | None] = []
+    real_ingest = cli.ingest_file
+
+    def spy(*args: Any, memory_limit: str | None = None, **kwargs: Any) -> IngestReport:
+        caps.append(memory_limit)
+        return real_ingest(*args, memory_limit=memory_limit, **kwargs)
+
+    monkeypatch.setattr(cli, "ingest_file", spy)
+    monkeypatch.setenv("ENRICH_INGEST_MEMORY_LIMIT", "300MB")
+    assert cli.main(["ingest", str(write_small_csv(tmp_path))]) == 0
+    assert caps == ["300MB"]
