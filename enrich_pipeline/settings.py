@@ -163,6 +163,12 @@ class PipelineSettings(BaseModel):
         "this much of paid look-ups)",
         gt=0,
     )
+    full_previews: bool = setting(
+        "ENRICH_FULL_PREVIEWS",
+        False,
+        "show emails, phones and names unmasked in asset previews (a development machine only: "
+        "Dagster's event log keeps them and no erasure reaches it)",
+    )
     min_match_confidence: Confidence = setting(
         "ENRICH_MIN_MATCH_CONFIDENCE",
         Confidence.MODERATE,

@@ -22,6 +22,7 @@ from enrich_pipeline.dagster_layer.destinations import (
 from enrich_pipeline.dagster_layer.resources import WarehouseResource
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.destinations.hubspot import TOKEN_SETTING
+from enrich_pipeline.masking import mask_email
 from enrich_pipeline.settings import Settings
 from enrich_pipeline_tests.helpers import FakeTime
 
@@ -194,10 +195,11 @@ def test_207_fails_only_the_rejected_records_and_the_next_run_sends_just_those(
 
     assert (first.created, first.failed) == (3, 2)
     error = "VALIDATION_ERROR: Property values were not valid"
-    assert first.failures == [(email, error) for email in rejected]
+    assert first.failures == [(mask_email(email), error) for email in rejected]
     metadata = first.metadata("hubspot")
     assert metadata["hubspot/failed"] == 2
-    assert "p0003@acme.com" in metadata["hubspot/failures"].value
+    assert "p0003@acme.com" not in metadata["hubspot/failures"].value
+    assert "p***@acme.com" in metadata["hubspot/failures"].value
     assert states(warehouse) == {e: "failed" if e in rejected else "sent" for e in emails}
 
     second = deliver(warehouse)
@@ -370,7 +372,7 @@ def test_the_asset_reports_each_destination_and_lists_the_failures(
     }
     assert (metadata["file/created"], metadata["file/failed"]) == (3, 0)
     assert (metadata["hubspot/created"], metadata["hubspot/failed"]) == (2, 1)
-    assert f"| {emails[0]} | bad value |" in metadata["hubspot/failures"]
+    assert f"| {mask_email(emails[0])} | bad value |" in metadata["hubspot/failures"]
     assert metadata["destinations"] == "file, hubspot"
 
 

@@ -29,6 +29,7 @@ from enrich_pipeline.destinations.hubspot import (
     RequestWindow,
     UpsertOutcome,
 )
+from enrich_pipeline.masking import mask_email, mask_emails_in
 from enrich_pipeline.provider.transports import Clock, Sleep
 from enrich_pipeline.settings import FileExportSettings, HubSpotSettings, PipelineSettings
 from enrich_pipeline.settings_base import env_name
@@ -51,8 +52,8 @@ _HUBSPOT_URL = env_name(HubSpotSettings, "hubspot_base_url")
 
 @dataclass
 class DestinationReport:
-    """One delivery. ``failures`` holds the first ``FAILURES_SHOWN`` (email, error) pairs;
-    ``failed`` counts them all."""
+    """One delivery. ``failures`` holds the first ``FAILURES_SHOWN`` (email, error) pairs,
+    emails masked; ``failed`` counts them all."""
 
     created: int = 0
     updated: int = 0
@@ -64,7 +65,8 @@ class DestinationReport:
     def add_failure(self, email: str, error: str) -> None:
         self.failed += 1
         if len(self.failures) < FAILURES_SHOWN:
-            self.failures.append((email, error))
+            # Shown in Dagster's event log, which no erasure reaches: masked.
+            self.failures.append((mask_email(email), mask_emails_in(error)))
 
     def metadata(self, destination: str) -> dict[str, Any]:
         """Asset metadata, every key prefixed with the destination's name."""

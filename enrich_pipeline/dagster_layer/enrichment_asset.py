@@ -270,7 +270,7 @@ def materialise_enrichment(
         )
     with warehouse.connect() as con:
         sample = con.execute(step.preview_sql, [start, end]).df()
-    result_metadata = {**metadata(), "preview": preview(sample)}
+    result_metadata = {**metadata(), "preview": preview(sample, full_values=pipeline.full_previews)}
     context.log.info(
         f"{kind} enrichment done: {report.matched} matched, {report.no_match} no match, "
         f"{report.errors} errors; {stats.requests} API calls, {stats.rate_limited} answered 429"

@@ -9,15 +9,20 @@ import pandas as pd
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from enrich_pipeline.enrichment_pass import PassReport
+from enrich_pipeline.masking import mask_frame
 from enrich_pipeline.provider.models import CallStats, Kind
 from enrich_pipeline.warehouse.enrichment import StaleSelection
 
 PREVIEW_ROWS = 10
 
 
-def preview(frame: pd.DataFrame) -> MetadataValue:
-    """A small table of what was written; values as text so the UI shows them as stored."""
-    head = frame.head(PREVIEW_ROWS).astype(object).where(frame.head(PREVIEW_ROWS).notna(), None)
+def preview(frame: pd.DataFrame, *, full_values: bool) -> MetadataValue:
+    """A small table of what was written; values as text so the UI shows them as stored.
+    Personal values are masked unless ``full_values`` (``ENRICH_FULL_PREVIEWS``): Dagster's
+    event log keeps them, and no erasure reaches it."""
+    head = frame.head(PREVIEW_ROWS)
+    head = head if full_values else mask_frame(head)
+    head = head.astype(object).where(head.notna(), None)
     return MetadataValue.table(
         records=[
             TableRecord({k: (None if v is None else str(v)) for k, v in row.items()})

@@ -12,7 +12,7 @@ from enrich_pipeline.dagster_layer.partitions import (
     describe_window,
     partition_window,
 )
-from enrich_pipeline.dagster_layer.resources import WarehouseResource
+from enrich_pipeline.dagster_layer.resources import PipelineResource, WarehouseResource
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 
 
@@ -26,7 +26,7 @@ from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
     ),
 )
 def clean_contacts(
-    context: AssetExecutionContext, warehouse: WarehouseResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineResource
 ) -> MaterializeResult:
     started = time.monotonic()
     start, end = partition_window(context)
@@ -60,6 +60,6 @@ def clean_contacts(
             "quarantine_reasons": MetadataValue.json(report.quarantine_reasons),
             "unparseable_phones_dropped": report.phones_dropped,
             "duration_s": duration_since(started),
-            "preview": preview(sample),
+            "preview": preview(sample, full_values=pipeline.full_previews),
         }
     )

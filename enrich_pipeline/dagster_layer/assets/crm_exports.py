@@ -83,7 +83,7 @@ def crm_exports(
     )
     metadata.update(delivered)
     metadata["duration_s"] = duration_since(started)
-    metadata["preview"] = preview(sample)
+    metadata["preview"] = preview(sample, full_values=pipeline.full_previews)
     if failed:
         raise Failure(description="; ".join(failed), metadata=metadata)
     return MaterializeResult(metadata=metadata)
