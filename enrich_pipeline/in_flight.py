@@ -24,7 +24,8 @@ from enrich_pipeline.provider.models import Kind
 
 Key = tuple[Kind, str]  # ("person", identity) or ("company", domain)
 
-# Another path's look-up is waited for this long (a slow provider, retrying), then left to it.
+# The intake waits this long for another path's look-up (a slow provider, retrying), then
+# goes on with what is stored; a run's asset waits as long as the holder lives.
 WAIT_S = 30.0
 # How often a claim held by another process is looked at again while waiting for it.
 POLL_S = 0.2
@@ -202,10 +203,12 @@ class InFlight:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a failed COMMIT, an I/O error).
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -27,12 +27,19 @@ def mask_email(value: str) -> str:
     return f"{local[:1]}{HIDDEN}@{domain}"
 
 
-_EMAIL_IN_TEXT = re.compile(r"[^\s@<>()\[\]\"',;:]+@[\w.-]+\.\w+")
+# Anything around an @, valid address or not: the addresses a server rejects are the ones its
+# error messages quote ("jane@acme is invalid").
+_EMAIL_IN_TEXT = re.compile(r"[^\s@<>()\[\]\"',;:|]+@[^\s@<>()\[\]\"',;:|]+")
 
 
-def mask_emails_in(text: str) -> str:
-    """``text`` (a server's error message) with every email address in it masked."""
-    return _EMAIL_IN_TEXT.sub(lambda found: mask_email(found.group()), text)
+def mask_emails_in(text: str, *values: str) -> str:
+    """``text`` (a server's error message) with every email address in it masked, and each of
+    ``values`` (the record's own email, phone, name, however the server spelled the rest)."""
+    text = _EMAIL_IN_TEXT.sub(lambda found: mask_email(found.group()), text)
+    for value in values:
+        if value:
+            text = text.replace(value, mask_text(value))
+    return text
 
 
 def mask_phone(value: str) -> str:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import psutil
 
-# Start times are read from the kernel at tick resolution; a reused pid starts later than this.
-_SAME_START_S = 0.5
+# Start times derive from the boot time, which the kernel gives in whole seconds and which moves
+# when the clock is stepped (NTP); a pid reused this soon after its process started is unheard of.
+_SAME_START_S = 5.0
 
 
 @dataclass(frozen=True)

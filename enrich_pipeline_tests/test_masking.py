@@ -82,6 +82,11 @@ def test_a_failure_list_masks_the_email_and_any_address_in_the_error() -> None:
     report.add_failure("jane@acme.com", "Contact jane@acme.com already exists (id 42)")
     assert report.failures == [("j***@acme.com", "Contact j***@acme.com already exists (id 42)")]
     assert mask_emails_in("no address here") == "no address here"
+    # The addresses a server rejects are the ones it quotes, valid or not.
+    assert (
+        mask_emails_in("Email address jane@acme is invalid") == "Email address j***@acme is invalid"
+    )
+    assert mask_emails_in("Bad value JANE (first name)", "JANE") == "Bad value J*** (first name)"
 
 
 def _run_text(instance: DagsterInstance, run_id: str) -> str:

@@ -66,7 +66,7 @@ class DestinationReport:
         self.failed += 1
         if len(self.failures) < FAILURES_SHOWN:
             # Shown in Dagster's event log, which no erasure reaches: masked.
-            self.failures.append((mask_email(email), mask_emails_in(error)))
+            self.failures.append((mask_email(email), mask_emails_in(error, email)))
 
     def metadata(self, destination: str) -> dict[str, Any]:
         """Asset metadata, every key prefixed with the destination's name."""

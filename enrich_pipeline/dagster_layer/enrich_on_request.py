@@ -88,7 +88,13 @@ class EnrichOnRequest:
         if contacts:
             claimed = self._in_flight.claim(_lead_keys(contacts))
             self._work(+1)
-            self._workers.submit(self._answer, contacts, claimed)
+            try:
+                self._workers.submit(self._answer, contacts, claimed)
+            except BaseException:
+                # Not going to be looked up here (shutting down): nobody must wait for it.
+                self._work(-1)
+                self._in_flight.release(claimed)
+                raise
 
     def wait_until_quiet(self, timeout_s: float = QUIET_WAIT_S) -> None:
         """Wait (at most ``timeout_s``) until no answer is being worked on here, other than

@@ -194,8 +194,8 @@ def _wait_for_other_runs(
     while held := in_flight.held(keys):
         holders = Counter(held.values())
         logger.info(
-            f"waiting for {len(held)} {kind} look-ups another run is making, not paying for "
-            "them twice: "
+            f"waiting for {len(held)} {kind} look-ups another run (or the intake) is making, "
+            "not paying for them twice: "
             + ", ".join(f"{count} held by {holder}" for holder, count in holders.most_common())
         )
         in_flight.wait(held, timeout_s=_WAIT_LOG_EVERY_S)
