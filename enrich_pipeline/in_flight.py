@@ -29,6 +29,7 @@ Key = tuple[Kind, str]  # ("person", identity) or ("company", domain)
 WAIT_S = 30.0
 # How often a claim held by another process is looked at again while waiting for it.
 POLL_S = 0.2
+POLL_S_PER_KEY = 2e-5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS holders (
@@ -121,8 +122,9 @@ class InFlight:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                # This process's releases wake the wait; another process's are polled for.
-                pause = POLL_S if self._db is not None else None
+                # This process's releases wake the wait; another process's are polled for,
+                # less often for many keys (a run waiting on a backfill's million).
+                pause = max(POLL_S, len(wanted) * POLL_S_PER_KEY) if self._db else None
                 if left is not None:
                     pause = left if pause is None else min(pause, left)
                 self._changed.wait(pause)
@@ -151,17 +153,21 @@ class InFlight:
             return keys - self._others(db, ordered).keys()
 
     def _held_shared(self, keys: set[Key]) -> dict[Key, str]:
+        # Read without the write lock: a run waiting on a backfill asks again and again.
         ordered = sorted(keys)
+        with self._transaction(immediate=False) as db:
+            others = self._others(db, ordered)
+            anyone_gone = bool(others) and bool(self._gone(db))
+        if not anyone_gone:
+            return others
         with self._transaction() as db:
-            if not self._others(db, ordered):
-                return {}
             self._forget_the_dead(db)
+        with self._transaction(immediate=False) as db:
             return self._others(db, ordered)
 
     def _others(self, db: sqlite3.Connection, ordered: list[Key]) -> dict[Key, str]:
         """Those of ``ordered`` another owner claimed, and its holder; by index, however many
         keys are asked about."""
-        db.execute("DELETE FROM temp.wanted")
         db.executemany("INSERT OR IGNORE INTO temp.wanted VALUES (?, ?)", ordered)
         rows = db.execute(
             """
@@ -173,16 +179,24 @@ class InFlight:
             """,
             [self._owner],
         ).fetchall()
+        db.execute("DELETE FROM temp.wanted")
         return {(kind, key): holder for kind, key, holder in rows}
+
+    def _gone(self, db: sqlite3.Connection) -> list[str]:
+        """The other owners whose process is gone."""
+        return [
+            owner
+            for owner, pid, started_at in db.execute(
+                "SELECT owner, pid, started_at FROM holders WHERE owner != ?", [self._owner]
+            ).fetchall()
+            if not ProcessId(pid, started_at).is_running()
+        ]
 
     def _forget_the_dead(self, db: sqlite3.Connection) -> None:
         """Drop the claims of processes that are gone: nobody is looking those records up."""
-        for owner, pid, started_at in db.execute(
-            "SELECT owner, pid, started_at FROM holders WHERE owner != ?", [self._owner]
-        ).fetchall():
-            if not ProcessId(pid, started_at).is_running():
-                db.execute("DELETE FROM claims WHERE owner = ?", [owner])
-                db.execute("DELETE FROM holders WHERE owner = ?", [owner])
+        for owner in self._gone(db):
+            db.execute("DELETE FROM claims WHERE owner = ?", [owner])
+            db.execute("DELETE FROM holders WHERE owner = ?", [owner])
 
     def _delete_mine(self, keys: Collection[Key]) -> None:
         with self._transaction() as db:
@@ -196,11 +210,11 @@ class InFlight:
             )
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Claims are read and written under one write lock, so two processes never both take
-        a key."""
+    def _transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        """Claims are read and written under one write lock (``immediate``), so two processes
+        never both take a key; a read alone takes none."""
         assert self._db is not None
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             yield self._db
             self._db.execute("COMMIT")
