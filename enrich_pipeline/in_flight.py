@@ -72,8 +72,7 @@ class InFlight:
         with self._changed:
             if self._db is not None:
                 with self._transaction() as db:
-                    db.execute("DELETE FROM claims WHERE owner = ?", [self._owner])
-                    db.execute("DELETE FROM holders WHERE owner = ?", [self._owner])
+                    _drop_owner(db, self._owner)
                 self._db.close()
                 self._db = None
             self._claimed.clear()
@@ -195,8 +194,7 @@ class InFlight:
     def _forget_the_dead(self, db: sqlite3.Connection) -> None:
         """Drop the claims of processes that are gone: nobody is looking those records up."""
         for owner in self._gone(db):
-            db.execute("DELETE FROM claims WHERE owner = ?", [owner])
-            db.execute("DELETE FROM holders WHERE owner = ?", [owner])
+            _drop_owner(db, owner)
 
     def _delete_mine(self, keys: Collection[Key]) -> None:
         with self._transaction() as db:
@@ -223,6 +221,12 @@ class InFlight:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+
+def _drop_owner(db: sqlite3.Connection, owner: str) -> None:
+    """Everything ``owner`` holds, and the owner itself."""
+    db.execute("DELETE FROM claims WHERE owner = ?", [owner])
+    db.execute("DELETE FROM holders WHERE owner = ?", [owner])
 
 
 def _open(path: Path) -> sqlite3.Connection:

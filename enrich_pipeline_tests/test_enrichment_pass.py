@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,26 @@ def queries(count: int) -> list[PersonQuery]:
     return [PersonQuery(key=f"p{i}@example.com", email=f"p{i}@example.com") for i in range(count)]
 
 
+def a_pass(
+    client: object,
+    write_chunk: Callable[[list[EnrichmentResult]], None],
+    report: PassReport,
+    *,
+    chunk_size: int,
+    save_every_s: float = 60,
+) -> Coroutine[Any, Any, None]:
+    """A pass over ``report.requested`` person queries."""
+    return run_enrichment_pass(
+        client,  # type: ignore[arg-type]
+        "person",
+        queries(report.requested),
+        write_chunk,
+        chunk_size=chunk_size,
+        report=report,
+        save_every_s=save_every_s,
+    )
+
+
 def run(
     client: FakeClient, count: int, chunk_size: int
 ) -> tuple[list[list[str]], PassReport, BaseException | None]:
@@ -60,17 +80,7 @@ def run(
     report = PassReport(requested=count)
     raised: BaseException | None = None
     try:
-        asyncio.run(
-            run_enrichment_pass(
-                client,  # type: ignore[arg-type]
-                "person",
-                queries(count),
-                write_chunk,
-                chunk_size=chunk_size,
-                report=report,
-                save_every_s=60,
-            )
-        )
+        asyncio.run(a_pass(client, write_chunk, report, chunk_size=chunk_size))
     except ProviderError as exc:
         raised = exc
     return chunks, report, raised
@@ -128,17 +138,7 @@ def test_results_before_the_error_reach_the_warehouse(tmp_path: Path) -> None:
 
     report = PassReport(requested=8)
     with pytest.raises(CreditsExhausted):
-        asyncio.run(
-            run_enrichment_pass(
-                client,  # type: ignore[arg-type]
-                "person",
-                queries(8),
-                write_chunk,
-                chunk_size=2,
-                report=report,
-                save_every_s=60,
-            )
-        )
+        asyncio.run(a_pass(client, write_chunk, report, chunk_size=2))
 
     with connect(warehouse, read_only=True) as con:
         stored: list[Any] = con.execute(
@@ -181,16 +181,7 @@ def test_results_are_saved_while_the_provider_is_slow_not_only_per_chunk() -> No
 
     async def enrich() -> None:
         await asyncio.wait_for(
-            run_enrichment_pass(
-                client,  # type: ignore[arg-type]
-                "person",
-                queries(3),
-                write_chunk,
-                chunk_size=200,
-                report=report,
-                save_every_s=0.01,
-            ),
-            timeout=30,
+            a_pass(client, write_chunk, report, chunk_size=200, save_every_s=0.01), timeout=30
         )
 
     asyncio.run(enrich())
