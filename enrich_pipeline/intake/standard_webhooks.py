@@ -8,6 +8,7 @@ delivery lands once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +68,14 @@ class StandardWebhookReceiver:
                 f"generic webhooks are off: set {env_name(IntakeSettings, 'webhook_secret')}",
             )
         body = await read_body(request)
+        signatures = request.headers.get("webhook-signature")
+        if signatures is not None and not _WELL_FORMED_SIGNATURES.fullmatch(signatures):
+            # Told apart here: from version 1.3 the package reports it as no matching signature.
+            raise Problem(
+                401,
+                "webhook not verified: malformed webhook-signature (expected space-separated "
+                '"v1,<base64>" entries)',
+            )
         try:
             self._webhook.verify(body, dict(request.headers), json_parse=False)
         except WebhookVerificationError as exc:
@@ -74,8 +83,8 @@ class StandardWebhookReceiver:
             # old or too new, no matching signature) and never a header value.
             raise Problem(401, f"webhook not verified: {exc}") from None
         except ValueError:
-            # The package raises these for a signature entry that is not "v1,<base64>" and for
-            # a body that is not UTF-8 (UnicodeDecodeError is a ValueError).
+            # Before version 1.3 the package raises these for a signature that is not valid
+            # base64 and for a body that is not UTF-8 (UnicodeDecodeError is a ValueError).
             raise Problem(
                 401, "webhook not verified: malformed webhook-signature or a non-UTF-8 body"
             ) from None
@@ -90,6 +99,10 @@ class StandardWebhookReceiver:
         except IdempotencyConflict:
             raise Problem(422, "this webhook-id was delivered before with other leads") from None
         return accepted_answer(accepted, response, self._wake)
+
+
+# Space-separated "<version>,<signature>" entries.
+_WELL_FORMED_SIGNATURES = re.compile(r"[^\s,]+,\S+(?: [^\s,]+,\S+)*")
 
 
 def _webhook(secret: str) -> Webhook:
