@@ -253,6 +253,20 @@ class QualitySettings(BaseModel):
     )
 
 
+class PrivacySettings(BaseModel):
+    """How long personal data nobody typed in is kept."""
+
+    model_config = SETTING_GROUP_CONFIG
+
+    raw_retention_days: int = setting(
+        "ENRICH_RAW_RETENTION_DAYS",
+        30,
+        "the provider's raw JSON answer is kept this long, then cleared by the stale refresh "
+        "(the profile's columns stay); 0 keeps none",
+        ge=0,
+    )
+
+
 class FileExportSettings(BaseModel):
     model_config = SETTING_GROUP_CONFIG
 
@@ -336,6 +350,7 @@ class Settings(
     FileExportSettings,
     AutomationSettings,
     PipelineSettings,
+    PrivacySettings,
     ProviderClientSettings,
     FieldProfileSettings,
     HubSpotSettings,
