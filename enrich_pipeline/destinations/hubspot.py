@@ -1,5 +1,5 @@
-"""HubSpot contact write-back: batch upserts by email, paced to HubSpot's rate limit; and
-reading contacts back by id (for the intake's HubSpot webhooks).
+"""HubSpot contact write-back: batch upserts by email, paced to HubSpot's rate limit; reading
+contacts back by id (for the intake's HubSpot webhooks); and GDPR deletes by email.
 
 What was last sent (change tracking) lives in the warehouse; this module sends the records it is
 given and says, per record, what HubSpot did with each. A record that failed is reported, never
@@ -35,6 +35,7 @@ from enrich_pipeline.settings_base import env_name
 TOKEN_SETTING = env_name(SecretSettings, "hubspot_access_token")
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
 READ_PATH = "/crm/v3/objects/contacts/batch/read"
+ERASE_PATH = "/crm/v3/objects/contacts/gdpr-delete"
 MAX_BATCH_SIZE = 100
 RATE_WINDOW_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
@@ -68,6 +69,15 @@ class UpsertOutcome:
     email: str
     status: Literal["created", "updated", "failed"]
     hubspot_id: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class EraseOutcome:
+    """``not_found``: HubSpot holds no contact with that email, a result rather than a failure."""
+
+    email: str
+    status: Literal["erased", "not_found", "failed"]
     error: str | None
 
 
@@ -237,10 +247,7 @@ class HubSpotClient:
                 # HubSpot still refused after every retry: more batches would only wait out the
                 # same failure. The records stay unsent and are picked up by the next run.
                 unsent = [item for later in batches[index + 1 :] for item in later]
-                reason = (
-                    f"not sent: an earlier batch still failed after {self._max_attempts} attempts"
-                )
-                outcomes.extend(_failed(unsent, f"{reason} ({gave_up})"))
+                outcomes.extend(_failed(unsent, self._not_sent("batch", gave_up)))
                 break
         counts = Counter(outcome.status for outcome in outcomes)
         logger.info(
@@ -249,11 +256,75 @@ class HubSpotClient:
             counts["created"],
             counts["updated"],
             counts["failed"],
+            *self._spent_since(before),
+        )
+        return outcomes
+
+    async def gdpr_delete(self, emails: Sequence[str]) -> list[EraseOutcome]:
+        """Permanently delete each contact by email through HubSpot's GDPR delete, one request
+        per email (the endpoint takes one); outcomes in input order.
+
+        429, 5xx and network failures are retried (bounded); once an email has used up its
+        attempts the remaining emails are not sent and come back failed. Raises
+        ``HubSpotAuthError`` at the first 401/403 (the outcomes so far are lost with it).
+        """
+        before = replace(self.stats)
+        outcomes: list[EraseOutcome] = []
+        for index, email in enumerate(emails):
+            outcome, gave_up = await self._erase(email)
+            outcomes.append(outcome)
+            if gave_up is not None:
+                reason = self._not_sent("erase", gave_up)
+                outcomes.extend(
+                    EraseOutcome(later, "failed", reason) for later in emails[index + 1 :]
+                )
+                break
+        counts = Counter(outcome.status for outcome in outcomes)
+        logger.info(
+            "HubSpot GDPR delete: %d erased, %d not found, %d failed in %d requests "
+            "(%d rate-limited, %d paced waits)",
+            counts["erased"],
+            counts["not_found"],
+            counts["failed"],
+            *self._spent_since(before),
+        )
+        return outcomes
+
+    async def _erase(self, email: str) -> tuple[EraseOutcome, str | None]:
+        """The email's outcome, and why when retries were used up (else ``None``): a reason
+        naming no one, as it is given to the emails left unsent."""
+        try:
+            response = await self._http.post(
+                ERASE_PATH, json={"objectId": email, "idProperty": "email"}
+            )
+        except TRANSIENT_ERRORS as exc:
+            error = _transport_error(exc)
+            return EraseOutcome(email, "failed", error), error
+        status = response.status_code
+        if status == 204:
+            return EraseOutcome(email, "erased", None), None
+        if status == 404:
+            return EraseOutcome(email, "not_found", None), None
+        body = _json_object(response)
+        if status in (401, 403):
+            raise HubSpotAuthError(status, _redact(body.get("message"), self._token))
+        # HubSpot's text is about this one email's request, so it may name this person only.
+        error = _status_error(status, body, response.reason_phrase, self._token)
+        gave_up = f"HTTP {status}" if status == 429 or status >= 500 else None
+        return EraseOutcome(email, "failed", error), gave_up
+
+    def _not_sent(self, what: str, gave_up: str) -> str:
+        attempts = self._max_attempts
+        return f"not sent: an earlier {what} still failed after {attempts} attempts ({gave_up})"
+
+    def _spent_since(self, before: CallStats) -> tuple[int, int, int]:
+        """Requests, 429s and paced waits since ``before``: the stats add up over every call
+        through this client, a call's log line speaks of that call."""
+        return (
             self.stats.requests - before.requests,
             self.stats.rate_limited - before.rate_limited,
             self.stats.throttle_waits - before.throttle_waits,
         )
-        return outcomes
 
     async def read_contacts(
         self, ids: Sequence[str], properties: Sequence[str]
@@ -319,19 +390,17 @@ async def _send_batch(
     try:
         response = await client.post(UPSERT_PATH, json={"inputs": batch})
     except TRANSIENT_ERRORS as exc:
-        error = f"{type(exc).__name__} talking to HubSpot"
+        error = _transport_error(exc)
         return _failed(batch, error), error
     body = _json_object(response)
     status = response.status_code
     if status in (401, 403):
         raise HubSpotAuthError(status, _redact(body.get("message"), token))
     if status == 429 or status >= 500:
-        error = f"HTTP {status}: {_error_text(body, response.reason_phrase, token)}"
+        error = _status_error(status, body, response.reason_phrase, token)
         return _failed(batch, error), error
     if status not in (200, 207):
-        return _failed(
-            batch, f"HTTP {status}: {_error_text(body, response.reason_phrase, token)}"
-        ), None
+        return _failed(batch, _status_error(status, body, response.reason_phrase, token)), None
     return _read_answer(batch, body, status, token), None
 
 
@@ -396,6 +465,14 @@ def _error_emails(error: Mapping[str, Any]) -> set[str]:
             if isinstance(items, list):
                 names.update(item.casefold() for item in items if isinstance(item, str))
     return names
+
+
+def _transport_error(exc: Exception) -> str:
+    return f"{type(exc).__name__} talking to HubSpot"
+
+
+def _status_error(status: int, body: Mapping[str, Any], reason: str, token: str) -> str:
+    return f"HTTP {status}: {_error_text(body, reason, token)}"
 
 
 def _error_text(body: Mapping[str, Any], default: str, token: str) -> str:
