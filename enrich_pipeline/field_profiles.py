@@ -1,7 +1,8 @@
 """Field profiles: which fields are asked of the provider and which CRM columns are exported.
 
-Asking for fewer fields means smaller answers and less personal data stored; the CRM columns a
-profile exports are the ones its fields can fill (plus the lead's own identifying columns).
+Asking for fewer fields means smaller answers and less personal data stored (only the fields
+asked for are kept, whatever the provider answers); the CRM columns a profile exports are the
+ones its fields can fill (plus the lead's own identifying columns).
 """
 
 from __future__ import annotations
@@ -14,6 +15,21 @@ from enrich_pipeline.provider.models import (
     PERSON_LOCATION_FIELDS,
     PERSON_NAME_FIELDS,
     PERSON_ROLE_FIELDS,
+    Kind,
+)
+
+# The company fields the pipeline can ask the provider for and keeps (company_enrichment's
+# columns are filled from them).
+COMPANY_FIELDS = (
+    "legion_id",
+    "name",
+    "domain",
+    "industry",
+    "type",
+    "size",
+    "founded",
+    "linkedin_url",
+    "legion_employee_count",
 )
 
 
@@ -24,6 +40,9 @@ class FieldProfile:
     person_fields: tuple[str, ...]
     company_fields: tuple[str, ...]
     crm_columns: tuple[str, ...]
+
+    def fields(self, kind: Kind) -> tuple[str, ...]:
+        return self.person_fields if kind == "person" else self.company_fields
 
     @property
     def person_include_fields(self) -> str:
@@ -43,17 +62,7 @@ PROFILES: dict[str, FieldProfile] = {
             name="sales_prospecting",
             description="everything a rep needs to reach out: contact, role, company, location",
             person_fields=PERSON_FIELDS,
-            company_fields=(
-                "legion_id",
-                "name",
-                "domain",
-                "industry",
-                "type",
-                "size",
-                "founded",
-                "linkedin_url",
-                "legion_employee_count",
-            ),
+            company_fields=COMPANY_FIELDS,
             crm_columns=(
                 *_IDENTITY,
                 "phone",

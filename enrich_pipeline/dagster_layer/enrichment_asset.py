@@ -1,6 +1,7 @@
 """What ``enriched_persons`` and ``enriched_companies`` are made of: an asset that runs the
 look-ups for the window's stale records of one kind, writes results per chunk on a fresh short
-connection, and reports the cost."""
+connection, and reports the cost. Each materialisation also clears its table's raw answers past
+their retention, so every run (the stale refresh's among them) keeps the retention."""
 
 import asyncio
 import logging
@@ -9,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import duckdb
 from dagster import (
@@ -37,19 +38,33 @@ from enrich_pipeline.enrichment_pass import PassReport, run_enrichment_pass
 from enrich_pipeline.in_flight import InFlight, Key
 from enrich_pipeline.provider.errors import ProviderError
 from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind, Query
-from enrich_pipeline.settings import DataLegionSettings, ProviderClientSettings
+from enrich_pipeline.settings import DataLegionSettings, PrivacySettings, ProviderClientSettings
 from enrich_pipeline.settings_base import env_name
-from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection
+from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection, clear_expired_raw
 
-# Writes one chunk; a store that keeps a history of changes (persons: job changes) returns how
-# many it recorded.
-Store = Callable[[duckdb.DuckDBPyConnection, list[EnrichmentResult], datetime], int | None]
+
+class Store(Protocol):
+    """Writes one chunk, keeping only ``fields`` of each answer and its raw JSON only if
+    ``keep_raw``; a store that keeps a history of changes (persons: job changes) returns how
+    many it recorded."""
+
+    def __call__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        results: list[EnrichmentResult],
+        now: datetime,
+        *,
+        fields: Collection[str],
+        keep_raw: bool,
+    ) -> int | None: ...
+
 
 # Chooses the window's records that are missing or past their TTL.
 Select = Callable[[duckdb.DuckDBPyConnection, date, date, datetime, Freshness], StaleSelection[Any]]
 
 _CREDIT_BUDGET = env_name(ProviderClientSettings, "max_credits_per_run")
 _BASE_URL_SETTING = env_name(DataLegionSettings, "base_url")
+_RETENTION_SETTING = env_name(PrivacySettings, "raw_retention_days")
 
 
 @dataclass(frozen=True)
@@ -164,10 +179,15 @@ class WindowEnrichment:
         """The look-ups of ``queries`` (all the selection's by default) inside a running event
         loop, so several kinds can be looked up at once. The caller has claimed them."""
         queries = self.selection.queries if queries is None else queries
+        # What the client asks for is all that is kept, whatever the provider answers.
+        fields = enrichment.profile.fields(self.step.kind)
 
         def write_chunk(results: list[EnrichmentResult]) -> None:
             with warehouse.connect() as con:
-                self.changes += self.step.store(con, results, utc_now()) or 0
+                stored = self.step.store(
+                    con, results, utc_now(), fields=fields, keep_raw=pipeline.keep_raw
+                )
+                self.changes += stored or 0
 
         if not queries:
             return
@@ -225,6 +245,14 @@ def materialise_enrichment(
     started = time.monotonic()
     start, end = partition_window(context)
     window = describe_window(start, end)
+    # Before any look-up, so a run the provider stops still keeps the retention.
+    with warehouse.connect() as con:
+        raw_cleared = clear_expired_raw(con, kind, utc_now(), pipeline.raw_retention_days)
+    if raw_cleared:
+        context.log.info(
+            f"cleared the raw provider answer of {raw_cleared} {kind} records enriched more than "
+            f"{pipeline.raw_retention_days} days ago ({_RETENTION_SETTING})"
+        )
     work = WindowEnrichment.select(step, start, end, warehouse, pipeline)
     selection, report, stats = work.selection, work.report, work.stats
     context.log.info(
@@ -241,6 +269,7 @@ def materialise_enrichment(
             selection=selection,
             report=report,
             changes=work.changes,
+            raw_cleared=raw_cleared,
             done_elsewhere=work.done_elsewhere,
             stats=stats,
             started=started,

@@ -48,12 +48,14 @@ def enrichment_metadata(
     selection: StaleSelection[Any],
     report: PassReport,
     changes: int,
+    raw_cleared: int,
     done_elsewhere: int,
     stats: CallStats,
     started: float,
 ) -> dict[str, Any]:
     """Figures are for this run (a backfill over a range is one run: every partition in it
-    shows the same run totals)."""
+    shows the same run totals). ``raw_cleared`` counts the kind's raw answers cleared past their
+    retention, across the whole table."""
     recorded = {CHANGES_LABEL[kind]: changes} if kind in CHANGES_LABEL else {}
     return {
         "partition_window": window,
@@ -67,6 +69,7 @@ def enrichment_metadata(
         "errors": report.errors,
         "results_written": report.written,
         **recorded,
+        "raw_answers_cleared": raw_cleared,
         "api_calls": stats.requests,
         "rate_limited_429": stats.rate_limited,
         "retries": stats.retries,

@@ -16,7 +16,7 @@ import httpx
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from enrich_pipeline.field_profiles import field_profile
+from enrich_pipeline.field_profiles import FieldProfile, field_profile
 from enrich_pipeline.in_flight import InFlight
 from enrich_pipeline.merge_policy import DEFAULT_RULES, MergePolicy
 from enrich_pipeline.provider.client import EnrichmentClient
@@ -27,6 +27,7 @@ from enrich_pipeline.settings import (
     DataLegionSettings,
     FieldProfileSettings,
     PipelineSettings,
+    PrivacySettings,
     ProviderClientSettings,
     SecretSettings,
     Settings,
@@ -112,12 +113,17 @@ class EnrichmentResource(SettingsResource, ProviderClientSettings, FieldProfileS
     def endpoint(self, logger: logging.Logger) -> ProviderEndpoint:
         raise NotImplementedError
 
+    @property
+    def profile(self) -> FieldProfile:
+        """The fields asked of the provider, and so the only ones kept of its answers."""
+        return field_profile(self.field_profile)
+
     @asynccontextmanager
     async def client(
         self, stats: CallStats, logger: logging.Logger
     ) -> AsyncIterator[EnrichmentClient]:
         endpoint = self.endpoint(logger)
-        profile = field_profile(self.field_profile)
+        profile = self.profile
         http = build_http_client(
             base_url=endpoint.base_url,
             api_key=endpoint.api_key,
@@ -188,8 +194,9 @@ class SandboxEnrichmentResource(EnrichmentResource, SandboxConfig):
         )
 
 
-class PipelineResource(SettingsResource, PipelineSettings, FieldProfileSettings):
-    """Freshness windows, chunking, the merge policy's confidence bar, what is exported where."""
+class PipelineResource(SettingsResource, PipelineSettings, PrivacySettings, FieldProfileSettings):
+    """Freshness windows, chunking, how long raw answers are kept, the merge policy's confidence
+    bar, what is exported where."""
 
     @property
     def merge_policy(self) -> MergePolicy:
@@ -198,6 +205,11 @@ class PipelineResource(SettingsResource, PipelineSettings, FieldProfileSettings)
     @property
     def export_columns(self) -> tuple[str, ...]:
         return field_profile(self.field_profile).crm_columns
+
+    @property
+    def keep_raw(self) -> bool:
+        """Whether the provider's raw answer is stored at all: a retention of 0 keeps none."""
+        return self.raw_retention_days > 0
 
     @property
     def freshness(self) -> Freshness:

@@ -3,13 +3,14 @@
 Stale selection is one SQL query per window; results are written per chunk, delete-then-insert
 by key, so a crash loses at most one chunk and a re-run picks up where the last one stopped.
 A refreshed person profile naming another employer or title than the one it replaces is kept
-in ``job_changes``, in the same transaction.
+in ``job_changes``, in the same transaction. Of each answer only the fields asked for are kept;
+its raw JSON is kept for a retention period, then cleared (``clear_expired_raw``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -18,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from enrich_pipeline.display_case import Style, display_case
+from enrich_pipeline.field_profiles import COMPANY_FIELDS
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, is_free_mail
 from enrich_pipeline.provider.models import (
     PERSON_FIELDS,
@@ -248,10 +250,28 @@ _PERSON_DISPLAY: dict[str, Style] = {
 }
 
 
-def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFrame:
+def _kept(record: Mapping[str, Any], fields: Collection[str]) -> dict[str, Any]:
+    """Only ``fields`` of an answer: a provider may answer with more than was asked for (lists
+    of every email, phone and past job), and what nobody asked for is not stored."""
+    return {name: value for name, value in record.items() if name in fields}
+
+
+def _raw(result: EnrichmentResult, record: dict[str, Any], keep_raw: bool) -> str | None:
+    return json.dumps(record) if keep_raw and result.record is not None else None
+
+
+def person_rows(
+    results: Sequence[EnrichmentResult],
+    now: datetime,
+    *,
+    fields: Collection[str] = PERSON_FIELDS,
+    keep_raw: bool = True,
+) -> pd.DataFrame:
+    """One ``person_enrichment`` row per answer, from its ``fields`` alone; ``raw`` holds those
+    fields as answered, or nothing unless ``keep_raw``."""
     rows = []
     for r in results:
-        rec = r.record or {}
+        rec = _kept(r.record or {}, fields)
         row: dict[str, Any] = {
             "identity": r.key,
             "identity_type": identity_type(r.key),
@@ -265,7 +285,7 @@ def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFr
                 else _text(rec.get(name))
                 for name in PERSON_FIELDS
             },
-            "raw": json.dumps(rec) if r.record is not None else None,
+            "raw": _raw(r, rec, keep_raw),
         }
         # A free-mail domain is nobody's employer: drop it so the lead's own domain is used.
         domain = row["company_domain"].lower() if row["company_domain"] else None
@@ -274,10 +294,17 @@ def person_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def company_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataFrame:
+def company_rows(
+    results: Sequence[EnrichmentResult],
+    now: datetime,
+    *,
+    fields: Collection[str] = COMPANY_FIELDS,
+    keep_raw: bool = True,
+) -> pd.DataFrame:
+    """One ``company_enrichment`` row per answer, kept as ``person_rows`` keeps persons'."""
     rows = []
     for r in results:
-        rec = r.record or {}
+        rec = _kept(r.record or {}, fields)
         rows.append(
             {
                 "domain": r.key,
@@ -292,7 +319,7 @@ def company_rows(results: Sequence[EnrichmentResult], now: datetime) -> pd.DataF
                 "founded": _int(rec.get("founded")),
                 "linkedin_url": _text(rec.get("linkedin_url")),
                 "employee_count": _int(rec.get("legion_employee_count")),
-                "raw": json.dumps(rec) if r.record is not None else None,
+                "raw": _raw(r, rec, keep_raw),
             }
         )
     return pd.DataFrame(rows)
@@ -372,21 +399,51 @@ def store_persons(
     con: duckdb.DuckDBPyConnection,
     results: Sequence[EnrichmentResult],
     now: datetime,
+    *,
+    fields: Collection[str] = PERSON_FIELDS,
+    keep_raw: bool = True,
 ) -> int:
-    """Store the answers; returns how many job changes (see ``job_changes``) they revealed."""
+    """Store the answers' ``fields`` (their raw JSON only if ``keep_raw``); returns how many job
+    changes (see ``job_changes``) they revealed."""
     if not results:
         return 0
     return _upsert(
         con,
         "person_enrichment",
         "identity",
-        person_rows(results, now),
+        person_rows(results, now, fields=fields, keep_raw=keep_raw),
         record_changes=_RECORD_JOB_CHANGES,
     )
 
 
 def store_companies(
-    con: duckdb.DuckDBPyConnection, results: Sequence[EnrichmentResult], now: datetime
+    con: duckdb.DuckDBPyConnection,
+    results: Sequence[EnrichmentResult],
+    now: datetime,
+    *,
+    fields: Collection[str] = COMPANY_FIELDS,
+    keep_raw: bool = True,
 ) -> None:
+    """Store the answers' ``fields`` (their raw JSON only if ``keep_raw``)."""
     if results:
-        _upsert(con, "company_enrichment", "domain", company_rows(results, now))
+        rows = company_rows(results, now, fields=fields, keep_raw=keep_raw)
+        _upsert(con, "company_enrichment", "domain", rows)
+
+
+_TABLES: dict[Kind, str] = {"person": "person_enrichment", "company": "company_enrichment"}
+
+
+def clear_expired_raw(
+    con: duckdb.DuckDBPyConnection, kind: Kind, now: datetime, retention_days: int
+) -> int:
+    """Clear the raw answer of every ``kind`` record enriched more than ``retention_days``
+    before ``now`` (at 0, of every record), across the whole table; the profile's columns stay.
+    Returns how many were cleared."""
+    cleared = con.execute(
+        f"""
+        UPDATE {_TABLES[kind]} SET raw = NULL
+        WHERE raw IS NOT NULL AND enriched_at < $now - to_days($days)
+        """,
+        {"now": now, "days": retention_days},
+    ).fetchone()
+    return cleared[0] if cleared else 0
