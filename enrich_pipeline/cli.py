@@ -8,15 +8,17 @@ import gc
 import ipaddress
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from enrich_pipeline.forget import ForgetError
 from enrich_pipeline.ingest import IngestError, ingest_file
 from enrich_pipeline.settings import IntakeSettings, SettingError, Settings
 from enrich_pipeline.settings_base import env_name
-from enrich_pipeline.warehouse.connection import WarehouseBusy
+from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
 
 if TYPE_CHECKING:
     from enrich_pipeline.intake.mover import JournalMover
@@ -40,6 +42,88 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"  quarantined: {count} x {reason}")
     if report.ignored_columns:
         print(f"  ignored columns (no field takes them): {', '.join(report.ignored_columns)}")
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from enrich_pipeline.forget import (
+        emails_for_hubspot_ids,
+        forget,
+        normalised_emails,
+        read_identifier_file,
+    )
+    from enrich_pipeline.warehouse.erasure import erasure_records
+
+    settings = Settings.from_env()
+    if args.report:
+        with connect(settings.warehouse_path, lock_timeout_s=args.wait_s) as con:
+            records = erasure_records(con)
+        for record in records:
+            removed = ", ".join(f"{t} {n}" for t, n in record.rows_removed.items() if n)
+            crm = "; ".join(f"{d}: {a}" for d, a in (record.crm_answers or {}).items())
+            print(
+                f"{record.erased_at:%Y-%m-%d %H:%M:%S} UTC  {record.erasure_id}  "
+                f"by {record.requested_by}  removed: {removed or 'nothing'}"
+                + (f"  CRM: {crm}" if crm else "")
+            )
+        print(f"{len(records)} erasure(s)")
+        return 0
+    if args.hubspot_id:
+        emails = emails_for_hubspot_ids(settings, args.hubspot_id)
+        print(f"{len(emails)} of {len(args.hubspot_id)} HubSpot contact(s) known here")
+    else:
+        given = list(args.emails) + (read_identifier_file(args.file) if args.file else [])
+        if not given:
+            print("enrich-pipeline: give emails, --file or --hubspot-id", file=sys.stderr)
+            return 2
+        emails = normalised_emails(given)
+    report = forget(
+        settings, emails, crm=args.crm, requested_by=args.requested_by, wait_s=args.wait_s
+    )
+    removed = ", ".join(f"{t} {n}" for t, n in report.rows_removed.items() if n)
+    print(f"erased {report.people} person(s): {removed or 'nothing stored'}")
+    print(f"  intake journal: {report.journal_entries} entries")
+    if report.exports_rewritten:
+        print(f"  exports rewritten in {settings.export_dir}")
+    for destination, answers in report.crm_answers.items():
+        print(f"  {destination}: " + ", ".join(f"{n} {a}" for a, n in sorted(answers.items())))
+    for error in report.crm_errors:
+        print(f"  {error}", file=sys.stderr)
+    if args.crm and not report.crm_answers:
+        print("  no CRM destination is configured: nothing asked of a CRM")
+    return 1 if report.crm_failed else 0
+
+
+def _suppress(args: argparse.Namespace) -> int:
+    from enrich_pipeline.clock import utc_now
+    from enrich_pipeline.forget import read_identifier_file
+    from enrich_pipeline.warehouse.suppression import add_to_list, identifier_key, load_key
+
+    settings = Settings.from_env()
+    given = list(args.identifiers) + (read_identifier_file(args.file) if args.file else [])
+    texts = []
+    for position, value in enumerate(given, start=1):
+        try:
+            texts.append(identifier_key(value))
+        except ValueError as exc:
+            print(f"enrich-pipeline: identifier {position} {exc}", file=sys.stderr)
+            return 2
+    for position, value in enumerate(args.domain, start=1):
+        try:
+            texts.append(identifier_key(value, domain=True))
+        except ValueError as exc:
+            print(f"enrich-pipeline: --domain {position} {exc}", file=sys.stderr)
+            return 2
+    if not texts:
+        print("enrich-pipeline: give identifiers, --domain or --file", file=sys.stderr)
+        return 2
+    key = load_key(settings.warehouse_path)
+    with connect(settings.warehouse_path, lock_timeout_s=args.wait_s) as con:
+        added = add_to_list(con, key, texts, reason="suppressed", now=utc_now())
+    print(
+        f"{added} added to the suppression list ({len(texts) - added} already on it): never "
+        "landed, looked up or sent to a CRM again"
+    )
     return 0
 
 
@@ -122,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
             if hubspot_token is None
             else lambda: HubSpotClient(token=hubspot_token, base_url=settings.hubspot_base_url),
             wake=mover.wake,
+            erase=_forget_hubspot_contacts,
         ),
     ]
     app = create_intake_app(journal, token=token, mover=mover, receivers=receivers, ready=ready)
@@ -133,6 +218,24 @@ def _serve(args: argparse.Namespace) -> int:
     gc.freeze()
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
     return 0
+
+
+def _forget_hubspot_contacts(ids: Sequence[str]) -> None:
+    """``enrich-pipeline forget`` in a process of its own: an erasure replaces the warehouse
+    file, which no process may hold open across it."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enrich_pipeline.cli",
+            "forget",
+            "--hubspot-id",
+            *ids,
+            "--requested-by",
+            "hubspot privacy deletion",
+        ],
+        check=True,
+    )
 
 
 def _intake_mover(publish: Publish) -> JournalMover:
@@ -182,6 +285,48 @@ def build_parser() -> argparse.ArgumentParser:
         "mark)",
     )
     ingest.set_defaults(run=_ingest)
+
+    forget = commands.add_parser(
+        "forget",
+        help="erase people everywhere (warehouse, exports, intake journal; with --crm the "
+        "CRMs too) and suppress them for good",
+    )
+    forget.add_argument("emails", nargs="*", help="the people's emails")
+    forget.add_argument("--file", help="a file of emails, one a line (or a CSV's first column)")
+    forget.add_argument(
+        "--hubspot-id",
+        nargs="+",
+        default=[],
+        help="HubSpot contact ids instead of emails (as HubSpot's privacy deletion names them)",
+    )
+    forget.add_argument(
+        "--crm", action="store_true", help="ask each CRM destination to erase them too"
+    )
+    forget.add_argument(
+        "--report", action="store_true", help="print the erasures made so far, and nothing else"
+    )
+    forget.add_argument(
+        "--wait-s",
+        type=float,
+        default=600.0,
+        help="how long to wait for a run holding the warehouse (default: 600)",
+    )
+    forget.add_argument("--requested-by", default="cli", help=argparse.SUPPRESS)
+    forget.set_defaults(run=_forget)
+
+    suppress = commands.add_parser(
+        "suppress",
+        help="never land, look up or push these people or domains again, erasing nothing",
+    )
+    suppress.add_argument(
+        "identifiers", nargs="*", help="emails, phone numbers or LinkedIn profile URLs"
+    )
+    suppress.add_argument(
+        "--domain", action="append", default=[], help="a whole email domain, e.g. rival.com"
+    )
+    suppress.add_argument("--file", help="a file of identifiers, one a line")
+    suppress.add_argument("--wait-s", type=float, default=600.0, help=argparse.SUPPRESS)
+    suppress.set_defaults(run=_suppress)
 
     recover = commands.add_parser(
         "recover-runs",
@@ -236,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (IngestError, SettingError, WarehouseBusy) as exc:
+    except (IngestError, SettingError, WarehouseBusy, ForgetError) as exc:
         print(f"enrich-pipeline: {exc}", file=sys.stderr)
         return 2
 

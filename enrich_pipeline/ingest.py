@@ -25,6 +25,7 @@ from enrich_pipeline.column_mapping import (
     map_columns,
 )
 from enrich_pipeline.warehouse.connection import connect, transaction
+from enrich_pipeline.warehouse.suppression import SUPPRESSED, landed_keys_sql, suppressed_sql
 
 log = logging.getLogger(__name__)
 
@@ -328,10 +329,10 @@ def check_staged(
     """Build the temp table ``__checked`` from ``__src``: one row per source row with its
     landed values and, for rows that cannot land, the quarantine reason. ``params`` are the
     named parameters ``rows`` refers to. Needs ``prepare_session``."""
-    con.execute(_checked_sql(mapping, rows), params)
+    con.execute(_checked_sql(mapping, rows, suppressed_sql(con, landed_keys_sql())), params)
 
 
-def _checked_sql(mapping: ColumnMapping, rows: StagedRows) -> str:
+def _checked_sql(mapping: ColumnMapping, rows: StagedRows, suppressed: str) -> str:
     """The ``CREATE TEMP TABLE __checked`` statement of ``check_staged``."""
 
     def first_filled(target: str, *, raw: bool = False) -> str:
@@ -376,6 +377,7 @@ def _checked_sql(mapping: ColumnMapping, rows: StagedRows) -> str:
         *,
         coalesce(received_parsed, received_fallback) AS received_at,
         CASE
+            WHEN {suppressed} THEN '{SUPPRESSED}'
             WHEN {no_identity} THEN '{REASON_NO_IDENTITY}'
             WHEN received_raw IS NOT NULL AND received_parsed IS NULL THEN '{REASON_BAD_DATE}'
         END AS reason
@@ -414,13 +416,19 @@ def land_checked(
                                 reason, original, quarantined_at)
         SELECT 'ingest', c.source, $source_file, c.source_row, NULL,
                CASE WHEN c.reason = $bad_date THEN c.received_field END,
-               c.reason, {rows.original}, $now
+               -- A suppressed person's row keeps no values.
+               c.reason, CASE WHEN c.reason <> $suppressed THEN {rows.original} END, $now
         FROM __checked AS c
         JOIN __src AS s ON {rows.source_row} = c.source_row
         WHERE c.reason IS NOT NULL
         ORDER BY c.source_row
         """,
-        {"source_file": source_file, "now": landed_at, "bad_date": REASON_BAD_DATE},
+        {
+            "source_file": source_file,
+            "now": landed_at,
+            "bad_date": REASON_BAD_DATE,
+            "suppressed": SUPPRESSED,
+        },
     )
     accepted, first_id, last_id = con.execute(
         "SELECT count(*), min(ingest_id), max(ingest_id) FROM __landing"

@@ -32,6 +32,7 @@ def isolate_configuration(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None
     for name, value in environment_for(
         warehouse_path=folder / "warehouse.duckdb",
         export_dir=folder / "exports",
+        intake_journal_path=folder / "intake.sqlite3",
         limiter_dir=folder / "ratelimit",
         latency_ms=0,
     ).items():

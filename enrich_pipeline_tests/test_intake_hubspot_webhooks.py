@@ -127,7 +127,11 @@ class Setup:
         self.woken = threading.Event()
 
     def receiver(
-        self, *, secret: str | None = SECRET, token: bool = True
+        self,
+        *,
+        secret: str | None = SECRET,
+        token: bool = True,
+        erase: Callable[[Any], None] | None = None,
     ) -> HubSpotWebhookReceiver:
         fake = FakeTime()
 
@@ -151,6 +155,7 @@ class Setup:
             events_path=self.events_path,
             hubspot=client if token else None,
             wake=wake,
+            erase=erase,
             clock=lambda: NOW_S,
         )
 
@@ -226,7 +231,7 @@ async def test_a_signed_batch_is_stored_and_answered_before_any_read_back(
     assert not Path(setup.settings.warehouse_path).exists()
 
 
-async def test_only_creations_and_email_changes_not_made_by_an_integration_are_kept(
+async def test_creations_email_changes_not_made_by_an_integration_and_privacy_deletions_are_kept(
     client: httpx.AsyncClient, setup: Setup, receiver: HubSpotWebhookReceiver
 ) -> None:
     setup.read.mock(side_effect=hubspot_holding({"202": {**ADA, "email": "new@acme.io"}}))
@@ -241,10 +246,49 @@ async def test_only_creations_and_email_changes_not_made_by_an_integration_are_k
 
     answer = await deliver(client, events)
 
-    assert answer.json() == {"received": 6, "stored": 1}
-    assert setup.events() == [("contact.propertyChange", "202", True)]
+    assert answer.json() == {"received": 6, "stored": 2}
+    assert setup.events() == [
+        ("contact.propertyChange", "202", True),
+        ("contact.privacyDeletion", "205", True),
+    ]
     assert await process(receiver) == 1
     assert [row[0] for row in setup.landed()] == ["new@acme.io"]
+    # This receiver was given no way to erase: the deletion waits, it is not read back.
+    assert setup.events()[1] == ("contact.privacyDeletion", "205", True)
+    assert [call.request.content.count(b'"205"') for call in setup.read.calls] == [0]
+
+
+async def test_a_privacy_deletion_erases_the_contact_and_it_is_never_read_back(
+    setup: Setup,
+) -> None:
+    erased: list[list[str]] = []
+    receiver = setup.receiver(erase=lambda ids: erased.append(list(ids)))
+    setup.read.mock(side_effect=hubspot_holding({"101": ADA}))
+    async with app_client(setup, receiver) as client:
+        await deliver(client, [created(101), created(102), event("contact.privacyDeletion", 102)])
+
+    assert await process(receiver) == 1
+
+    assert erased == [["102"]]
+    assert [row[0] for row in setup.landed()] == [ADA["email"]]
+    assert all(b'"102"' not in call.request.content for call in setup.read.calls)
+    assert [pending for _, _, pending in setup.events()] == [False, False, False]
+
+
+async def test_a_failed_erasure_keeps_the_deletion_pending_for_the_next_pass(
+    setup: Setup,
+) -> None:
+    def fail(ids: Any) -> None:
+        raise RuntimeError("the warehouse stayed locked")
+
+    receiver = setup.receiver(erase=fail)
+    async with app_client(setup, receiver) as client:
+        await deliver(client, [event("contact.privacyDeletion", 102)])
+
+    with pytest.raises(RuntimeError):
+        await process(receiver)
+
+    assert setup.events() == [("contact.privacyDeletion", "102", True)]
 
 
 @pytest.mark.parametrize(

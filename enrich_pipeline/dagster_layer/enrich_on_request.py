@@ -37,6 +37,7 @@ from enrich_pipeline.warehouse.connection import hold_open
 from enrich_pipeline.warehouse.contacts import clean_contact
 from enrich_pipeline.warehouse.crm import preview_crm_records
 from enrich_pipeline.warehouse.enrichment import StaleSelection, stale_for_leads
+from enrich_pipeline.warehouse.suppression import unsuppressed
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class EnrichOnRequest:
                 ),
                 self._warehouse.connect() as con,
             ):
+                # A suppressed person is never looked up; landing refuses the lead, and the
+                # caller gets 202 like any lead with no record.
+                contacts = unsuppressed(con, contacts)
                 self._look_up(con, contacts, claimed)
                 records = preview_crm_records(con, contacts, utc_now(), self._pipeline.merge_policy)
             self._publish(records)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import duckdb
 
+from enrich_pipeline.warehouse.suppression import email_keys_sql, suppressed_sql
+
 CSV_FILE_NAME = "crm_contacts.csv"
 PARQUET_FILE_NAME = "crm_contacts.parquet"
 
@@ -80,9 +82,11 @@ def write_crm_files(
     for leftover in directory.glob(".crm_contacts.*.tmp"):
         leftover.unlink(missing_ok=True)
     csv_path, parquet_path = export_paths(directory)
+    # Records merged before their person was suppressed stay in the warehouse, not the files.
+    exported = f"crm_contacts c WHERE NOT {suppressed_sql(con, email_keys_sql('c.email'))}"
     writes = (
-        (csv_path, _csv_select(columns), "FORMAT csv, HEADER true"),
-        (parquet_path, _parquet_select(columns), "FORMAT parquet"),
+        (csv_path, _csv_select(columns, exported), "FORMAT csv, HEADER true"),
+        (parquet_path, _parquet_select(columns, exported), "FORMAT parquet"),
     )
     partials = [directory / f".{target.name}.{os.getpid()}.tmp" for target, _, _ in writes]
     try:
@@ -93,21 +97,21 @@ def write_crm_files(
     finally:
         for partial in partials:
             partial.unlink(missing_ok=True)
-    rows = con.execute("SELECT count(*) FROM crm_contacts").fetchone()[0]  # type: ignore[index]
+    rows = con.execute(f"SELECT count(*) FROM {exported}").fetchone()[0]  # type: ignore[index]
     return ExportedFiles(csv=csv_path, parquet=parquet_path, rows=rows)
 
 
-def _csv_select(columns: Sequence[str]) -> str:
+def _csv_select(columns: Sequence[str], exported: str) -> str:
     cells = ", ".join(
         f"{_cell(column)} AS {_ident(CSV_LABELS.get(column, column))}" for column in columns
     )
-    return f"SELECT {cells} FROM crm_contacts c ORDER BY c.email"
+    return f"SELECT {cells} FROM {exported} ORDER BY c.email"
 
 
-def _parquet_select(columns: Sequence[str]) -> str:
+def _parquet_select(columns: Sequence[str], exported: str) -> str:
     return (
         f"SELECT {', '.join(f'c.{_ident(column)}' for column in columns)} "
-        "FROM crm_contacts c ORDER BY c.email"
+        f"FROM {exported} ORDER BY c.email"
     )
 
 

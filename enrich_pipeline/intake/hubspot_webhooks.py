@@ -1,4 +1,5 @@
-"""HubSpot webhooks: contacts created in HubSpot, or given an email there, become leads.
+"""HubSpot webhooks: contacts created in HubSpot, or given an email there, become leads; a
+contact HubSpot erased for privacy (``contact.privacyDeletion``) is erased here too.
 
 Acknowledge, then work. ``POST /v1/webhooks/hubspot`` checks HubSpot's signature, stores the
 relevant events in a SQLite file of their own and answers at once: within HubSpot's 5 s whatever
@@ -47,6 +48,7 @@ SOURCE = "hubspot"
 # HubSpot's own bound on a signed request's age; the same into the future covers clock skew.
 MAX_TIMESTAMP_SKEW_MS = 5 * 60 * 1000
 IDLE_S = 5.0
+PRIVACY_DELETION = "contact.privacyDeletion"
 # Done events are kept to recognise a redelivery; HubSpot stops retrying after 24 hours.
 KEEP_DONE_S = 7 * 24 * 3600
 # Short enough that HubSpot still hears from us within its 5 s when another process writes.
@@ -114,6 +116,10 @@ class _PendingContact:
     occurred_at: int  # the latest of its pending events
 
 
+# Erases the people of these HubSpot contact ids everywhere; raises when it could not.
+Erase = Callable[[Sequence[str]], None]
+
+
 class _EventStore:
     """Received events, durable before HubSpot hears 200. Thread-safe: one connection, one
     lock, held only for single statements (never while HubSpot or the journal is called)."""
@@ -140,14 +146,17 @@ class _EventStore:
             )
             return self._con.total_changes - before
 
-    def pending(self, limit: int) -> list[_PendingContact]:
-        """Up to ``limit`` contacts with events to handle, the one with the oldest event first."""
+    def pending(self, limit: int, *, erasures: bool = False) -> list[_PendingContact]:
+        """Up to ``limit`` contacts with events to handle, the one with the oldest event first:
+        with ``erasures`` those with a privacy deletion among them, else the others (never read
+        back: a contact erased in HubSpot is not landed again)."""
         with self._lock:
             rows = self._con.execute(
                 "SELECT object_id, json_group_array(id), max(occurred_at) FROM events "
                 "WHERE done_at IS NULL GROUP BY object_id "
+                "HAVING max(subscription_type = ?) = ? "
                 "ORDER BY min(occurred_at), min(id) LIMIT ?",
-                [limit],
+                [PRIVACY_DELETION, erasures, limit],
             ).fetchall()
         return [_PendingContact(obj, json.loads(ids), last) for obj, ids, last in rows]
 
@@ -173,13 +182,16 @@ class HubSpotWebhookReceiver:
         events_path: str | Path,
         hubspot: Callable[[], HubSpotClient] | None,
         wake: Callable[[], None],
+        erase: Erase | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``erase``: what a privacy deletion does (None: those events are kept and wait)."""
         self._journal = journal
         self._secret = client_secret
         self._events = _EventStore(events_path, clock)
         self._hubspot = hubspot
         self._wake_mover = wake
+        self._erase = erase
         self._clock = clock
         self._worker = BackgroundWorker("hubspot-read-back", self._pass, idle_s=IDLE_S)
         self._waiting_because: str | None = None
@@ -199,8 +211,10 @@ class HubSpotWebhookReceiver:
         self._worker.stop()
 
     def process_pending(self) -> int:
-        """Read back every contact with pending events and journal it; returns how many
-        contacts were journaled. A HubSpot failure leaves the rest pending for the next pass."""
+        """Erase every contact HubSpot erased, then read back every other contact with pending
+        events and journal it; returns how many contacts were journaled. A failure leaves the
+        rest pending for the next pass."""
+        self._erase_pending()
         if self._hubspot is None:
             if self._events.pending(limit=1):
                 self._waiting(f"set {TOKEN_SETTING} so their contacts can be read back")
@@ -209,6 +223,15 @@ class HubSpotWebhookReceiver:
         if journaled:
             self._wake_mover()
         return journaled
+
+    def _erase_pending(self) -> None:
+        while batch := self._events.pending(MAX_BATCH_SIZE, erasures=True):
+            if self._erase is None:
+                self._waiting("privacy deletions are kept: this service erases nothing")
+                return
+            self._erase([contact.object_id for contact in batch])
+            self._events.mark_done([i for contact in batch for i in contact.event_ids])
+            log.info("HubSpot privacy deletions: %d contacts erased here too", len(batch))
 
     async def _receive(self, request: Request) -> HubSpotEventsReceived:
         """Events of HubSpot's contact subscriptions, stored before the answer; the contacts
@@ -291,11 +314,12 @@ class HubSpotWebhookReceiver:
 def _relevant(raw: Mapping[str, Any]) -> _Event | None:
     """The event to store, or None when it is not one we land.
 
-    Deletions (``contact.deletion``, ``contact.privacyDeletion``) are ignored for now: erasing
-    is a later issue. An email change marked ``INTEGRATION`` is skipped: that is how changes by
-    apps appear, our own upserts among them, so our write-back does not come back in. A loop
-    this misses cannot repeat anyway: a contact landed again costs no look-up (its enrichment is
-    fresh) and no push (its fingerprint is unchanged). Creations are all kept, since a form
+    A privacy deletion is kept, to erase the person here too; a plain ``contact.deletion`` is
+    not an erasure request (the contact may be restored) and is ignored. An email change
+    marked ``INTEGRATION`` is skipped: that is how changes by apps appear, our own upserts
+    among them, so our write-back does not come back in. A loop this misses cannot repeat
+    anyway: a contact landed again costs no look-up (its enrichment is fresh) and no push (its
+    fingerprint is unchanged). Creations are all kept, since a form
     tool's integration creating a contact is exactly a lead we want.
     """
     kind = raw.get("subscriptionType")
@@ -304,7 +328,7 @@ def _relevant(raw: Mapping[str, Any]) -> _Event | None:
         if raw.get("propertyName") != "email" or raw.get("changeSource") == "INTEGRATION":
             return None
         property_name = "email"
-    elif kind != "contact.creation":
+    elif kind not in ("contact.creation", PRIVACY_DELETION):
         return None
     object_id, occurred_at = raw.get("objectId"), raw.get("occurredAt")
     if not isinstance(object_id, int | str) or not isinstance(occurred_at, int):

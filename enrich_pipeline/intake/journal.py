@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -300,6 +300,37 @@ class IntakeJournal:
             JournalEntry(seq, datetime.fromisoformat(received), source, json.loads(lead))
             for seq, received, source, lead in rows
         ]
+
+    def erase(self, is_theirs: Callable[[dict[str, Any]], bool]) -> int:
+        """Delete the entries whose lead ``is_theirs``, landed or not (one not landed yet then
+        never lands); returns how many."""
+        with self._lock:
+            rows = self._con.execute("SELECT seq, lead FROM entries").fetchall()
+        theirs = [seq for seq, lead in rows if is_theirs(json.loads(lead))]
+        self.erase_entries(theirs)
+        return len(theirs)
+
+    def erase_entries(self, seqs: Sequence[int]) -> None:
+        """Delete these entries, their bytes overwritten in the file and the WAL emptied."""
+        if not seqs:
+            return
+        with self._write():
+            self._con.execute("PRAGMA secure_delete = ON")
+            self._con.executemany("DELETE FROM entries WHERE seq = ?", [(s,) for s in seqs])
+        with self._lock:
+            # Until the WAL's pages are copied back, it still holds them as they were.
+            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def leads_under_key(self, prefix: str) -> list[dict[str, Any]]:
+        """The leads of the requests whose idempotency key starts with ``prefix``."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT e.lead FROM idempotency_keys k "
+                "JOIN entries e ON e.seq BETWEEN k.first_seq AND k.last_seq "
+                "WHERE substr(k.key, 1, length(?)) = ?",
+                [prefix, prefix],
+            ).fetchall()
+        return [json.loads(lead) for (lead,) in rows]
 
     def last_seq(self) -> int:
         """The highest sequence number given out; 0 when the journal is empty."""

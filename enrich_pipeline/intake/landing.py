@@ -36,6 +36,7 @@ from enrich_pipeline.ingest import (
 )
 from enrich_pipeline.intake.journal import IntakeJournal, JournalEntry
 from enrich_pipeline.warehouse.connection import connect, transaction
+from enrich_pipeline.warehouse.suppression import SUPPRESSED
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +160,17 @@ def land_from_journal(
                 return LandingReport(entries=0, landed=0, quarantined=0, last_seq=watermark)
             check_staged(con, _stage(con, entries), _INTAKE_ROWS)
             report = land_checked(con, source_file, landed_at, _INTAKE_ROWS)
+            suppressed = con.execute(
+                "SELECT source_row FROM __checked WHERE reason = ?", [SUPPRESSED]
+            ).fetchall()
             con.execute(
                 "INSERT INTO intake_progress (journal_id, last_seq, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (journal_id) DO UPDATE "
                 "SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
                 [journal.journal_id, entries[-1].seq, landed_at],
             )
+    # A suppressed person's lead keeps no values here either, once its refusal is committed.
+    journal.erase_entries([seq for (seq,) in suppressed])
     log.info(
         "landed journal entries %d..%d: %d to raw_contacts, %d quarantined",
         entries[0].seq,

@@ -7,7 +7,9 @@ connection, does its SQL and closes it in ``finally``; nobody holds one across A
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -80,7 +82,7 @@ def connect(
         reraise=True,
     )
     try:
-        con = retrying(duckdb.connect, str(path), read_only=read_only)
+        con = retrying(_open, path, read_only)
     except duckdb.IOException as exc:
         if is_lock_error(exc):
             raise WarehouseBusy(
@@ -97,6 +99,34 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    # The swap lock only while opening: held while waiting for the write lock, it would keep
+    # a process that is about to swap the file from ever taking it.
+    with swap_lock(path, exclusive=False):
+        return duckdb.connect(str(path), read_only=read_only)
+
+
+@contextmanager
+def swap_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
+    """The lock a process opening the warehouse holds shared, and one replacing the file with
+    a rewritten copy (an erasure) holds exclusively from before it lets the old file go until
+    the new one is in place: no process opens the old file in between and writes to a file
+    that is about to be replaced. An ``flock`` on ``<warehouse>.swap.lock``."""
+    lock_path = path.with_name(path.name + ".swap.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        if exclusive:
+            raise
+        yield  # a read-only folder: nobody can replace the file there either
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -245,7 +245,7 @@ def clean_contact(landed: Mapping[str, str | None], received_at: datetime) -> di
     if email is None:
         return None
     website_domain = _found(WEBSITE_DOMAIN_PATTERN, (landed.get("website") or "").strip(" "))
-    slug = _found(LINKEDIN_SLUG_PATTERN, landed.get("linkedin_url") or "")
+    slug = linkedin_slug(landed.get("linkedin_url"))
     email_domain = email.partition("@")[2]
     return {
         "partition_date": received_at.date(),
@@ -262,6 +262,11 @@ def clean_contact(landed: Mapping[str, str | None], received_at: datetime) -> di
         **{column: landed.get(column) for column in ("job_title", "city", "state", "country")},
         "last_received_at": received_at,
     }
+
+
+def linkedin_slug(url: str | None) -> str | None:
+    """The profile of a LinkedIn URL, as the window's SQL reads it."""
+    return _found(LINKEDIN_SLUG_PATTERN, url or "")
 
 
 def _found(pattern: str, text: str) -> str | None:

@@ -21,6 +21,7 @@ from enrich_pipeline.merge_policy import (
 from enrich_pipeline.provider.models import PERSON_FIELDS
 from enrich_pipeline.warehouse.connection import transaction
 from enrich_pipeline.warehouse.enrichment import COMPANY_DOMAIN_SQL, placeholders
+from enrich_pipeline.warehouse.suppression import clean_contact_keys_sql, suppressed_sql
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ _LEAD_COLUMNS = (
 
 # Every clean contact, with its person answer and the email its CRM record is keyed by: the
 # lead's own, else (for phone / LinkedIn / name leads) the work email the provider matched.
+# A suppressed person's leads make no record, so no destination is sent one.
 _LEADS = f"""
 CREATE OR REPLACE TEMP TABLE crm_leads AS
 SELECT
@@ -81,6 +83,7 @@ LEFT JOIN (
     SELECT identity, max(detected_at) AS job_changed_at FROM job_changes GROUP BY identity
 ) jc USING (identity)
 LEFT JOIN company_enrichment co ON co.domain = {COMPANY_DOMAIN_SQL}
+WHERE NOT {{suppressed}}
 """
 
 _WINDOW_EMAILS = """
@@ -194,7 +197,8 @@ def merge_crm_contacts(
     it was merged, from all of that email's leads whichever partition they landed in:
     delete-then-insert by email. Records whose email no lead produces any more are removed."""
     window = {"start": start, "end": end}
-    con.execute(_LEADS)
+    keys = [*clean_contact_keys_sql("c"), "lower(trim(p.work_email))"]
+    con.execute(_LEADS.format(suppressed=suppressed_sql(con, keys)))
     con.execute(_WINDOW_EMAILS, window)
     con.execute(_DIRTY_EMAILS, {"policy": policy.fingerprint})
     con.execute(_merged_sql(policy), {"now": now, "policy": policy.fingerprint})

@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from enrich_pipeline.warehouse.connection import transaction
+from enrich_pipeline.warehouse.suppression import email_keys_sql, suppressed_sql
 
 FILE = "file"
 HUBSPOT = "hubspot"
@@ -239,7 +240,7 @@ def read_pending(
         SELECT c.email, c.updated_at, {spec.fingerprint_sql}, {select}
         FROM (
             SELECT c.* FROM {_CANDIDATES}
-            WHERE c.email > $after
+            WHERE c.email > $after AND NOT {suppressed_sql(con, email_keys_sql("c.email"))}
             ORDER BY c.email LIMIT $limit
         ) c
         ORDER BY c.email

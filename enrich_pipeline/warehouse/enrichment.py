@@ -29,6 +29,7 @@ from enrich_pipeline.provider.models import (
     PersonQuery,
 )
 from enrich_pipeline.warehouse.connection import transaction
+from enrich_pipeline.warehouse.suppression import clean_contact_keys_sql, suppressed_sql
 
 
 @dataclass(frozen=True)
@@ -92,15 +93,18 @@ COMPANY_DOMAIN_SQL = (
 def stale_persons(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
 ) -> StaleSelection[PersonQuery]:
-    """Every identity in the window, once, and the look-ups needed for those not fresh."""
+    """Every identity in the window, once, and the look-ups needed for those not fresh (a
+    suppressed person is never looked up)."""
+    suppressed = suppressed_sql(con, clean_contact_keys_sql("c"))
     # Staleness first, on identities alone; the look-up fields only for the stale few.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE stale_persons AS
-        SELECT identity, {stale_condition("p", freshness, "person")} AS stale
+        SELECT identity, {stale_condition("p", freshness, "person")} AND NOT w.suppressed AS stale
         FROM (
-            SELECT DISTINCT identity FROM clean_contacts
+            SELECT identity, bool_or({suppressed}) AS suppressed FROM clean_contacts c
             WHERE partition_date >= $start AND partition_date < $end
+            GROUP BY identity
         ) w
         LEFT JOIN person_enrichment p USING (identity)
         """,
@@ -193,7 +197,7 @@ def stale_companies(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
 ) -> StaleSelection[CompanyQuery]:
     """Domains of the window's contacts: the matched person's company domain, else the lead's
-    own (website or work email). Free-mail domains are never companies."""
+    own (website or work email). Free-mail domains are never companies, nor suppressed ones."""
     rows = con.execute(
         f"""
         WITH domains AS (
@@ -206,6 +210,7 @@ def stale_companies(
         FROM domains d
         LEFT JOIN company_enrichment e USING (domain)
         WHERE d.domain IS NOT NULL AND NOT list_contains($free_mail, d.domain)
+          AND NOT {suppressed_sql(con, ["'domain:' || d.domain"])}
         ORDER BY d.domain
         """,
         {"start": start, "end": end, "now": now, "free_mail": sorted(FREE_MAIL_DOMAINS)},

@@ -182,6 +182,26 @@ CREATE TABLE IF NOT EXISTS job_changes (
     detected_at         TIMESTAMP NOT NULL  -- when the refreshed profile was stored
 );
 
+-- People and domains never landed, looked up or pushed again: keyed hashes, never in clear
+-- (warehouse/suppression.py).
+CREATE TABLE IF NOT EXISTS suppression_list (
+    key_hash  VARCHAR NOT NULL,  -- HMAC-SHA256 (hex) of the identifier's normalised text
+    kind      VARCHAR NOT NULL,  -- email | phone | social | name | domain
+    reason    VARCHAR NOT NULL,  -- erased | suppressed
+    added_at  TIMESTAMP NOT NULL
+);
+
+-- One row per person erased (enrich-pipeline forget): what was removed where, and what each
+-- CRM answered. No personal data: the person is their email's keyed hash.
+CREATE TABLE IF NOT EXISTS erasures (
+    erasure_id    VARCHAR NOT NULL,
+    subject_hash  VARCHAR NOT NULL,  -- keyed hash of the normalised email
+    requested_by  VARCHAR NOT NULL,  -- cli | hubspot privacy deletion
+    erased_at     TIMESTAMP NOT NULL,
+    rows_removed  JSON NOT NULL,     -- table -> rows
+    crm_answers   JSON               -- destination -> erased | not_found | failed: ...
+);
+
 -- How far each intake journal has been landed: its entries up to last_seq are in raw_contacts
 -- or quarantine. Written in the same transaction as those rows, so each entry lands once. The
 -- key makes a second mover landing the same journal at the same time fail instead of doubling.
