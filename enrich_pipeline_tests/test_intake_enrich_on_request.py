@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from enrich_pipeline.cli import main
 from enrich_pipeline.dagster_layer.write_back import WriteBack
 from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.enrich_now import ReadyRecords
@@ -145,3 +146,26 @@ def test_a_provider_refusing_the_key_leaves_the_waited_lead_pending_and_kept(
     with connect(settings.warehouse_path) as con:
         (landed,) = con.execute("SELECT count(*) FROM raw_contacts").fetchone()  # type: ignore[misc]
     assert landed == 1, "the lead is kept, to be enriched later"
+
+
+def test_a_suppressed_lead_waited_for_costs_no_look_up_and_gets_202(
+    journal: IntakeJournal, provider_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(provider_url, monkeypatch)
+    assert main(["suppress", EMAIL]) == 0
+    ready = ReadyRecords()
+    mover = _mover(journal, settings, ready)
+    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
+    mover.start()
+    try:
+        answer = asyncio.run(_post_waiting(app, ADA, wait_s=1))
+        _wait_written_back(mover, journal.last_seq())
+    finally:
+        mover.stop()
+
+    assert answer.status_code == 202, answer.text
+    assert _served(provider_url) == {"requests": 0, "items": 0}
+    with connect(settings.warehouse_path) as con:
+        refused = con.execute("SELECT reason, original FROM quarantine").fetchall()
+        landed = con.execute("SELECT count(*) FROM raw_contacts").fetchone()
+    assert refused == [("suppressed", None)] and landed == (0,)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import respx
 
+from enrich_pipeline.cli import main
 from enrich_pipeline.destinations.hubspot import TOKEN_SETTING, HubSpotClient
 from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.hubspot_webhooks import CLIENT_SECRET_SETTING, HubSpotWebhookReceiver
@@ -498,3 +499,19 @@ async def test_the_worker_reads_back_what_arrives_while_the_app_runs(
     finally:
         receiver.stop()
     assert setup.journal.last_seq() == 1
+
+
+async def test_a_suppressed_contact_created_in_hubspot_is_refused_at_landing(
+    client: httpx.AsyncClient, setup: Setup, receiver: HubSpotWebhookReceiver
+) -> None:
+    assert main(["suppress", ADA["email"]]) == 0
+    setup.read.mock(side_effect=hubspot_holding({"101": ADA}))
+    await deliver(client, [created(101)])
+
+    assert await process(receiver) == 1
+
+    assert setup.landed() == []
+    with duckdb.connect(setup.settings.warehouse_path, read_only=True) as con:
+        refused = con.execute("SELECT reason, original FROM quarantine").fetchall()
+    assert refused == [("suppressed", None)]
+    assert setup.journal.read_after(0, 10) == [], "nothing of hers is kept in the journal"
