@@ -86,15 +86,15 @@ def test_rows_after_a_cursor_are_taken_in_id_order_within_the_budget(con) -> Non
 def test_days_with_rows_landed_since_their_build_need_a_run(con) -> None:
     land(con, D1, "a@gmail.com")
     land(con, D2, "b@gmail.com")
-    assert refresh_needs(con, NOW, FRESHNESS).unbuilt_days == {D1, D2}
+    assert refresh_needs(con, NOW, FRESHNESS, 30).unbuilt_days == {D1, D2}
 
     build(con)
     enriched(con, "a@gmail.com", Outcome.MATCHED, 1)
     enriched(con, "b@gmail.com", Outcome.MATCHED, 1)
-    assert refresh_needs(con, NOW, FRESHNESS).days == set()
+    assert refresh_needs(con, NOW, FRESHNESS, 30).days == set()
 
     land(con, D2, "c@gmail.com")
-    assert refresh_needs(con, NOW, FRESHNESS).unbuilt_days == {D2}
+    assert refresh_needs(con, NOW, FRESHNESS, 30).unbuilt_days == {D2}
 
 
 def test_stale_and_never_enriched_persons_mark_their_days(con) -> None:
@@ -106,7 +106,7 @@ def test_stale_and_never_enriched_persons_mark_their_days(con) -> None:
     enriched(con, "old@gmail.com", Outcome.MATCHED, 31)
     enriched(con, "fresh@gmail.com", Outcome.MATCHED, 29)
 
-    needs = refresh_needs(con, NOW, FRESHNESS)
+    needs = refresh_needs(con, NOW, FRESHNESS, 30)
     assert needs.person_days == {D1, D3}
     assert needs.stale_persons == 2
     assert needs.company_days == set()  # free-mail domains are never companies
@@ -125,7 +125,7 @@ def test_a_stale_company_marks_every_day_whose_contacts_work_there(con) -> None:
     company(con, "oldname.io", 91)
     company(con, "globex.io", 89)
 
-    needs = refresh_needs(con, NOW, FRESHNESS)
+    needs = refresh_needs(con, NOW, FRESHNESS, 30)
     assert needs.company_days == {D1, D2}
     assert needs.stale_companies == 1
     assert needs.person_days == set()

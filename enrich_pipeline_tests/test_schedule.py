@@ -27,7 +27,7 @@ from enrich_pipeline.dagster_layer.resources import WarehouseResource
 from enrich_pipeline.dagster_layer.schedules import SCHEDULE_NAME
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.provider.models import EnrichmentResult, Outcome
-from enrich_pipeline.settings import Settings
+from enrich_pipeline.settings import Settings, environment_for
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 from enrich_pipeline.warehouse.enrichment import store_companies, store_persons
@@ -82,6 +82,11 @@ def instance() -> Iterator[DagsterInstance]:
 
 @pytest.fixture
 def evaluate(settings: Settings, instance: DagsterInstance):
+    return evaluator(settings, instance)
+
+
+def evaluator(settings: Settings, instance: DagsterInstance):
+    """The schedule's evaluation at ``SCHEDULED``, with these settings."""
     defs = build_definitions(settings)
     schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     resources = {
@@ -167,6 +172,26 @@ def test_a_company_past_its_ttl_refreshes_the_partitions_of_its_contacts(
     warehouse.company("globex.io", 89)
 
     assert ranges(evaluate()) == [(day(30), day(30)), (day(3), day(3))]
+
+
+@pytest.mark.parametrize(("retention_days", "requested"), [(7, True), (30, False)])
+def test_raw_answers_past_their_retention_get_a_run_of_the_latest_day(
+    warehouse, instance, monkeypatch, retention_days, requested
+) -> None:
+    for name, value in environment_for(raw_retention_days=retention_days).items():
+        monkeypatch.setenv(name, value)
+    warehouse.leads(("a@gmail.com", day(9)), ("b@gmail.com", day(3)))
+    # Fresh for their 30-day TTL; the raw answers are 10 days old.
+    warehouse.person("a@gmail.com", Outcome.MATCHED, 10, "acme.io")
+    warehouse.person("b@gmail.com", Outcome.MATCHED, 10, "acme.io")
+    warehouse.company("acme.io", 1)
+
+    result = evaluator(Settings(), instance)()
+
+    if requested:
+        assert ranges(result) == [(day(3), day(3))]
+    else:
+        assert isinstance(result, SkipReason)
 
 
 def test_nothing_stale_skips(warehouse, evaluate) -> None:

@@ -17,7 +17,7 @@ from dagster import (
 from enrich_pipeline.dagster_layer.jobs import enrich_contacts_job, range_run_request
 from enrich_pipeline.dagster_layer.partitions import split_by_partitions
 from enrich_pipeline.dagster_layer.resources import PipelineResource, WarehouseResource
-from enrich_pipeline.settings import AutomationSettings
+from enrich_pipeline.settings import AutomationSettings, PrivacySettings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.automation import contiguous_ranges, refresh_needs
 from enrich_pipeline.warehouse.connection import WarehouseBusy
@@ -28,6 +28,7 @@ SCHEDULE_NAME = "stale_refresh_schedule"
 SCHEDULE_LOCK_WAIT_S = 30.0
 
 _PARTITION_START = env_name(AutomationSettings, "partition_start")
+_RAW_RETENTION = env_name(PrivacySettings, "raw_retention_days")
 
 
 def build_stale_refresh_schedule(partitions: DailyPartitionsDefinition) -> ScheduleDefinition:
@@ -42,7 +43,8 @@ def build_stale_refresh_schedule(partitions: DailyPartitionsDefinition) -> Sched
         description=(
             "Daily at 03:00 UTC: an enrich_contacts run per contiguous range of days holding a "
             "person, no-match or company record past its TTL, an error, a record never "
-            "enriched, or landed rows not yet built."
+            "enriched, or landed rows not yet built; or, when none does, the latest day, to clear "
+            "raw answers past their retention."
         ),
     )
     def stale_refresh_schedule(
@@ -53,7 +55,12 @@ def build_stale_refresh_schedule(partitions: DailyPartitionsDefinition) -> Sched
             return SkipReason(f"no warehouse at {warehouse.warehouse_path} yet: nothing to refresh")
         try:
             with warehouse.read(SCHEDULE_LOCK_WAIT_S) as con:
-                needs = refresh_needs(con, scheduled.replace(tzinfo=None), pipeline.freshness)
+                needs = refresh_needs(
+                    con,
+                    scheduled.replace(tzinfo=None),
+                    pipeline.freshness,
+                    pipeline.raw_retention_days,
+                )
         except WarehouseBusy as exc:
             return SkipReason(f"{exc}. Stale records wait for the next refresh.")
         days, no_partition = split_by_partitions(needs.days, partitions)
@@ -67,7 +74,8 @@ def build_stale_refresh_schedule(partitions: DailyPartitionsDefinition) -> Sched
         ranges = contiguous_ranges(days)
         context.log.info(
             f"{needs.stale_persons} person and {needs.stale_companies} company records to refresh, "
-            f"{len(needs.unbuilt_days)} days with rows not yet built: {len(days)} days in "
+            f"{len(needs.unbuilt_days)} days with rows not yet built, {needs.expired_raw} raw "
+            f"answers past {_RAW_RETENTION}: {len(days)} days in "
             f"{len(ranges)} runs ({', '.join(map(str, ranges))})"
         )
         day = scheduled.date().isoformat()

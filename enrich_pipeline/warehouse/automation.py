@@ -92,10 +92,15 @@ class RefreshNeeds:
     unbuilt_days: frozenset[date]  # rows landed that clean_contacts does not reflect yet
     stale_persons: int
     stale_companies: int
+    # Raw answers kept past their retention: any run clears them, so one day (the latest)
+    # is asked for when nothing else is.
+    expired_raw: int = 0
+    raw_days: frozenset[date] = frozenset()
 
     @property
     def days(self) -> frozenset[date]:
-        return self.person_days | self.company_days | self.unbuilt_days
+        work = self.person_days | self.company_days | self.unbuilt_days
+        return work or self.raw_days
 
 
 # Same rule as stale_persons: every identity a partition holds, judged on its person record.
@@ -120,12 +125,21 @@ LEFT JOIN company_enrichment e USING (domain)
 WHERE d.domain IS NOT NULL AND NOT list_contains($free_mail, d.domain) AND {stale}
 """
 
+# Raw answers past their retention (the enrichment assets' retention pass clears them), and
+# the latest day with contacts, for a run to do it.
+_EXPIRED_RAW = """
+SELECT
+    (SELECT count(*) FROM person_enrichment WHERE raw IS NOT NULL AND enriched_at < $cutoff)
+    + (SELECT count(*) FROM company_enrichment WHERE raw IS NOT NULL AND enriched_at < $cutoff),
+    (SELECT max(partition_date) FROM clean_contacts)
+"""
+
 # The days the clean_contacts rebuild would rebuild.
 _UNBUILT_DAYS = f"SELECT list(partition_date) FROM ({unbuilt_days_sql()})"
 
 
 def refresh_needs(
-    con: duckdb.DuckDBPyConnection, now: datetime, freshness: Freshness
+    con: duckdb.DuckDBPyConnection, now: datetime, freshness: Freshness, raw_retention_days: int
 ) -> RefreshNeeds:
     """Every day the enrichment job would do work on as of ``now`` (naive UTC)."""
     person_days, persons = con.execute(
@@ -138,10 +152,15 @@ def refresh_needs(
         {"now": now, "free_mail": sorted(FREE_MAIL_DOMAINS)},
     ).fetchone()  # type: ignore[misc]
     (unbuilt_days,) = con.execute(_UNBUILT_DAYS).fetchone()  # type: ignore[misc]
+    expired_raw, latest_day = con.execute(
+        _EXPIRED_RAW, {"cutoff": now - timedelta(days=raw_retention_days)}
+    ).fetchone()  # type: ignore[misc]
     return RefreshNeeds(
         person_days=frozenset(person_days or ()),
         company_days=frozenset(company_days or ()),
         unbuilt_days=frozenset(unbuilt_days or ()),
         stale_persons=persons,
         stale_companies=companies,
+        expired_raw=expired_raw,
+        raw_days=frozenset([latest_day] if expired_raw and latest_day else []),
     )
