@@ -41,7 +41,7 @@ from enrich_pipeline.settings import PipelineSettings, Settings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import connect, transaction
 from enrich_pipeline.warehouse.contacts import linkedin_slug
-from enrich_pipeline.warehouse.crm_sync import HUBSPOT
+from enrich_pipeline.warehouse.crm_sync import HUBSPOT, SYNC_STATE_DDL
 from enrich_pipeline.warehouse.erasure import (
     ERASED_TABLES,
     check_all_rows,
@@ -163,13 +163,15 @@ def emails_for_hubspot_ids(settings: Settings, ids: Collection[str]) -> list[str
     """The emails of these HubSpot contact ids, from what the pipeline sent HubSpot and what
     it landed from HubSpot's webhooks; ids it never knew are not in the answer."""
     found: dict[str, None] = {}
-    with connect(settings.warehouse_path) as con:
-        rows = con.execute(
-            "SELECT DISTINCT email FROM crm_sync_state "
-            "WHERE destination = ? AND remote_id IN (SELECT unnest(?)) ORDER BY email",
-            [HUBSPOT, list(ids)],
-        ).fetchall()
-    found.update((row[0], None) for row in rows)
+    if Path(settings.warehouse_path).exists():
+        with connect(settings.warehouse_path) as con:
+            con.execute(SYNC_STATE_DDL)
+            rows = con.execute(
+                "SELECT DISTINCT email FROM crm_sync_state "
+                "WHERE destination = ? AND remote_id IN (SELECT unnest(?)) ORDER BY email",
+                [HUBSPOT, list(ids)],
+            ).fetchall()
+        found.update((row[0], None) for row in rows)
     if Path(settings.intake_journal_path).exists():
         journal = IntakeJournal(settings.intake_journal_path)
         try:
