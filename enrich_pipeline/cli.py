@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enrich_pipeline.forget import ForgetError
+from enrich_pipeline.forget import DEFAULT_WAIT_S, ForgetError
 from enrich_pipeline.ingest import IngestError, ingest_file
 from enrich_pipeline.settings import IntakeSettings, SettingError, Settings
 from enrich_pipeline.settings_base import env_name
@@ -83,6 +83,12 @@ def _forget(args: argparse.Namespace) -> int:
     removed = ", ".join(f"{t} {n}" for t, n in report.rows_removed.items() if n)
     print(f"erased {report.people} person(s): {removed or 'nothing stored'}")
     print(f"  intake journal: {report.journal_entries} entries")
+    if not report.journal_wal_emptied:
+        print(
+            "  the intake journal's WAL was kept busy by a reader and still holds them until "
+            "its next checkpoint: run the command again when the service is quiet",
+            file=sys.stderr,
+        )
     if report.exports_rewritten:
         print(f"  exports rewritten in {settings.export_dir}")
     for destination, answers in report.crm_answers.items():
@@ -96,8 +102,8 @@ def _forget(args: argparse.Namespace) -> int:
 
 def _suppress(args: argparse.Namespace) -> int:
     from enrich_pipeline.clock import utc_now
-    from enrich_pipeline.forget import read_identifier_file
-    from enrich_pipeline.warehouse.suppression import add_to_list, identifier_key, load_key
+    from enrich_pipeline.forget import read_identifier_file, rewrite_exports
+    from enrich_pipeline.warehouse.suppression import add_to_list, identifier_key
 
     settings = Settings.from_env()
     given = list(args.identifiers) + (read_identifier_file(args.file) if args.file else [])
@@ -117,13 +123,15 @@ def _suppress(args: argparse.Namespace) -> int:
     if not texts:
         print("enrich-pipeline: give identifiers, --domain or --file", file=sys.stderr)
         return 2
-    key = load_key(settings.warehouse_path)
     with connect(settings.warehouse_path, lock_timeout_s=args.wait_s) as con:
-        added = add_to_list(con, key, texts, reason="suppressed", now=utc_now())
+        added = add_to_list(con, texts, reason="suppressed", now=utc_now())
+        rewritten = rewrite_exports(con, settings)
     print(
         f"{added} added to the suppression list ({len(texts) - added} already on it): never "
         "landed, looked up or sent to a CRM again"
     )
+    if rewritten:
+        print(f"  exports rewritten in {settings.export_dir}")
     return 0
 
 
@@ -308,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument(
         "--wait-s",
         type=float,
-        default=600.0,
-        help="how long to wait for a run holding the warehouse (default: 600)",
+        default=DEFAULT_WAIT_S,
+        help=f"how long to wait for a run holding the warehouse (default: {DEFAULT_WAIT_S:g})",
     )
     forget.add_argument("--requested-by", default="cli", help=argparse.SUPPRESS)
     forget.set_defaults(run=_forget)
@@ -325,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--domain", action="append", default=[], help="a whole email domain, e.g. rival.com"
     )
     suppress.add_argument("--file", help="a file of identifiers, one a line")
-    suppress.add_argument("--wait-s", type=float, default=600.0, help=argparse.SUPPRESS)
+    suppress.add_argument("--wait-s", type=float, default=DEFAULT_WAIT_S, help=argparse.SUPPRESS)
     suppress.set_defaults(run=_suppress)
 
     recover = commands.add_parser(

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from enrich_pipeline.clock import utc_now
 from enrich_pipeline.destinations.files import export_paths, write_crm_files
@@ -40,16 +44,16 @@ from enrich_pipeline.normalise import normalise_email, normalise_phone
 from enrich_pipeline.settings import PipelineSettings, Settings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import connect, transaction
-from enrich_pipeline.warehouse.contacts import linkedin_slug
+from enrich_pipeline.warehouse.contacts import linkedin_slug, website_domain
 from enrich_pipeline.warehouse.crm_sync import HUBSPOT, SYNC_STATE_DDL
 from enrich_pipeline.warehouse.erasure import (
     ERASED_TABLES,
     check_all_rows,
+    email_pattern,
     erase_subject,
     record_crm_answers,
     rewritten,
 )
-from enrich_pipeline.warehouse.suppression import load_key
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class ForgetReport:
     people: int = 0
     rows_removed: Counter[str] = field(default_factory=Counter)  # table -> rows, all people
     journal_entries: int = 0
+    journal_wal_emptied: bool = True
     exports_rewritten: bool = False
     # destination -> what it answered (erased / not_found / failed) -> people
     crm_answers: dict[str, Counter[str]] = field(default_factory=dict)
@@ -118,24 +123,20 @@ def forget(
     report = ForgetReport(people=len(emails))
     if not emails:
         return report
-    key = load_key(settings.warehouse_path)
     now = utc_now()
     with rewritten(settings.warehouse_path, lock_timeout_s=wait_s) as con:
         with transaction(con):
             check_all_rows(con, now)
             erased = [
-                erase_subject(con, key, email, requested_by=requested_by, now=now)
-                for email in emails
+                erase_subject(con, email, requested_by=requested_by, now=now) for email in emails
             ]
-        csv_path, parquet_path = export_paths(settings.export_dir)
-        if csv_path.exists() or parquet_path.exists():
-            columns = field_profile(settings.field_profile).crm_columns
-            write_crm_files(con, settings.export_dir, columns)
-            report.exports_rewritten = True
+        report.exports_rewritten = rewrite_exports(con, settings)
     for subject in erased:
         report.rows_removed.update(subject.rows_removed)
     identities = {identity for subject in erased for identity in subject.identities}
-    report.journal_entries = _erase_from_journal(settings, _is_theirs(identities))
+    report.journal_entries, report.journal_wal_emptied = _erase_from_journal(
+        settings, _is_theirs(emails, identities)
+    )
     if hubspot is not None:
         outcomes = _erase_in_hubspot(hubspot, emails)
         report.crm_answers[HUBSPOT] = Counter(outcome.status for outcome in outcomes)
@@ -157,6 +158,15 @@ def forget(
         report.journal_entries,
     )
     return report
+
+
+def rewrite_exports(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
+    """Write the CRM export files again, now without whoever is suppressed, if they exist."""
+    csv_path, parquet_path = export_paths(settings.export_dir)
+    if not (csv_path.exists() or parquet_path.exists()):
+        return False
+    write_crm_files(con, settings.export_dir, field_profile(settings.field_profile).crm_columns)
+    return True
 
 
 def emails_for_hubspot_ids(settings: Settings, ids: Collection[str]) -> list[str]:
@@ -217,25 +227,38 @@ def _answer(outcome: EraseOutcome) -> str:
     return outcome.status if outcome.error is None else f"{outcome.status}: {outcome.error}"
 
 
-def _is_theirs(identities: Collection[str]) -> Callable[[dict[str, Any]], bool]:
-    """Whether a journaled lead is one of these identities' (emails, ``phone:``, ``social:``)."""
+def _is_theirs(
+    emails: Collection[str], identities: Collection[str]
+) -> Callable[[dict[str, Any]], bool]:
+    """Whether a journaled lead is theirs: one of their addresses anywhere in it (valid or not,
+    under any key), or one of their other identities as validation would read the lead."""
+    addresses = re.compile("|".join(f"(?:{email_pattern(email)})" for email in emails))
     phones = any(identity.startswith("phone:") for identity in identities)
 
     def is_theirs(lead: dict[str, Any]) -> bool:
+        if addresses.search(json.dumps(lead, ensure_ascii=False).lower()):
+            return True
         values = landed_values(lead)
-        keys = [normalise_email(values["email"])[0]]
+        keys = [f"social:{slug}" if (slug := linkedin_slug(values["linkedin_url"])) else None]
         if phones:
-            keys.append(f"phone:{normalise_phone(values['phone'])[0]}")
-        slug = linkedin_slug(values["linkedin_url"])
-        keys.append(None if slug is None else f"social:{slug}")
-        return any(k in identities for k in keys if k is not None)
+            phone = normalise_phone(values["phone"])[0]
+            keys.append(f"phone:{phone}" if phone else None)
+        name = values["full_name"] or " ".join(
+            v for v in (values["first_name"], values["last_name"]) if v
+        )
+        company = values["company_name"] or website_domain(values["website"])
+        if name and company and not (values["email"] or values["phone"] or keys[0]):
+            keys.append(f"name:{name.strip().lower()}|{company.lower()}")
+        return any(key in identities for key in keys if key is not None)
 
     return is_theirs
 
 
-def _erase_from_journal(settings: Settings, is_theirs: Callable[[dict[str, Any]], bool]) -> int:
+def _erase_from_journal(
+    settings: Settings, is_theirs: Callable[[dict[str, Any]], bool]
+) -> tuple[int, bool]:
     if not Path(settings.intake_journal_path).exists():
-        return 0
+        return 0, True
     journal = IntakeJournal(settings.intake_journal_path)
     try:
         return journal.erase(is_theirs)

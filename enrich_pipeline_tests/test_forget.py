@@ -4,13 +4,15 @@ without naming them, and the CRM asked to erase them too."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -19,6 +21,9 @@ import pytest
 import respx
 
 from enrich_pipeline.cli import main
+from enrich_pipeline.dagster_layer.assets.enriched_persons import PERSON_STEP
+from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment
+from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.forget import ForgetError, emails_for_hubspot_ids, forget, normalised_emails
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.intake.journal import IntakeJournal
@@ -47,6 +52,7 @@ CONTACTS = f"""Email,First Name,Last Name,Phone Number,Company Name,Website URL,
 grace@gmail.com,Grace,Hopper,,,,,Web Form,2026-09-01 12:00:00
 ,Alan,Turing,+44 20 7946 0958,,,,Event Scan,2026-09-02 09:00:00
 """
+log = logging.getLogger(__name__)
 THEIRS = ("quillfeather", "zenobia", "2127364180", "736-4180", "736.4180")
 
 
@@ -190,6 +196,7 @@ for n in range(int(sys.argv[3])):
     path = folder / f"batch{n}.csv"
     path.write_text(f"Email,Create Date\\nwriter{n}@acme.io,2026-09-0{1 + n % 3} 08:00:00\\n")
     ingest_file(sys.argv[1], path)
+    print(n, flush=True)
 """
 
 
@@ -198,16 +205,24 @@ def test_erasures_while_another_process_lands_lose_none_of_its_rows(
     tmp_path: Path, settings: Settings
 ) -> None:
     _land_and_run(tmp_path, settings)
-    batches = 30
+    batches = 40
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, settings.warehouse_path, str(tmp_path), str(batches)],
         cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    assert writer.stdout is not None
+    erasures = 0
     try:
-        for email in (EMAIL, "grace@gmail.com", "nobody@acme.io"):
-            forget(settings, [email], crm=False)
+        # An erasure each time a batch has landed, so the next landing and the erasure's swap
+        # run at once: each swap is a chance for a landing to go to a file being replaced.
+        for _ in writer.stdout:
+            forget(settings, [f"nobody{erasures}@acme.io"], crm=False)
+            erasures += 1
     finally:
         assert writer.wait(timeout=120) == 0
+    assert erasures == batches
     with duckdb.connect(settings.warehouse_path, read_only=True) as con:
         landed = con.execute(
             "SELECT count(*) FROM raw_contacts WHERE email LIKE 'writer%'"
@@ -361,3 +376,70 @@ def test_after_a_demo_run_the_erased_values_are_in_no_file(tmp_path: Path) -> No
 
     assert erased.returncode == 0, erased.stderr
     assert _files_holding([data, dagster_home], *values) == []
+
+
+SHARED = """Email,First Name,Last Name,Phone Number,Company Name,Create Date
+jo@acme.com,Jo,Smith,+1 (212) 736-4180,Acme,2026-09-01 10:00:00
+bob@acme.com,Bob,Jones,+1 (212) 736-4180,Acme,2026-09-01 11:00:00
+,Front,Desk,212-736-4180,,2026-09-02 09:00:00
+mojo@acme.com,Mo,,,,not a date
+jo@acme.com.au,Jo,,,,not a date
+"""
+
+
+def test_what_they_share_with_someone_else_is_neither_erased_nor_suppressed(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # An office's main line on two people's leads, and addresses that contain theirs.
+    path = tmp_path / "incoming" / "shared.csv"
+    path.parent.mkdir()
+    path.write_text(SHARED, encoding="utf-8")
+    ingest_file(settings.warehouse_path, path)
+    materialise_range(settings, "2026-09-01", "2026-09-02")
+
+    report = forget(settings, ["jo@acme.com"], crm=False)
+
+    assert report.rows_removed["raw_contacts"] == 1
+    assert report.rows_removed["quarantine"] == 0
+    emails = {row[0] for row in _rows(settings, "SELECT email FROM raw_contacts")}
+    assert emails == {"bob@acme.com", None}, "Bob and the front desk's lead stay"
+    kept = {row[0] for row in _rows(settings, "SELECT original->>'Email' FROM quarantine")}
+    assert kept == {"mojo@acme.com", "jo@acme.com.au"}
+    key = load_key(settings.warehouse_path)
+    listed = {row[0] for row in _rows(settings, "SELECT key_hash FROM suppression_list")}
+    assert keyed_hash(key, "jo@acme.com") in listed
+    assert keyed_hash(key, "name:jo smith|acme") in listed
+    assert keyed_hash(key, "phone:+12127364180") not in listed
+    again = tmp_path / "incoming" / "again.csv"
+    again.write_text("Email,Phone Number,Create Date\nbob@acme.com,212 736 4180,2026-09-03\n")
+    assert ingest_file(settings.warehouse_path, again).accepted == 1
+
+
+def _rows(settings: Settings, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_a_run_that_selected_them_before_the_erasure_does_not_store_them_again(
+    tmp_path: Path, settings: Settings
+) -> None:
+    ingest_file(settings.warehouse_path, _csv(tmp_path))
+    materialise_range(settings, "2026-09-01", "2026-09-03", assets=["clean_contacts"])
+    defs = build_definitions(settings)
+    resources = defs.resources
+    work = WindowEnrichment.select(
+        PERSON_STEP,
+        date(2026, 9, 1),
+        date(2026, 9, 4),
+        resources["warehouse"],
+        resources["pipeline"],
+    )
+    assert EMAIL in {query.key for query in work.selection.queries}
+
+    forget(settings, [EMAIL], crm=False)
+    asyncio.run(
+        work.run_async(resources["enrichment"], resources["warehouse"], resources["pipeline"], log)
+    )
+
+    assert _theirs_in(settings.warehouse_path, "person_enrichment") == 0
+    assert _rows(settings, "SELECT count(*) FROM person_enrichment")[0][0] > 0, "others stored"

@@ -169,3 +169,25 @@ def test_a_suppressed_lead_waited_for_costs_no_look_up_and_gets_202(
         refused = con.execute("SELECT reason, original FROM quarantine").fetchall()
         landed = con.execute("SELECT count(*) FROM raw_contacts").fetchone()
     assert refused == [("suppressed", None)] and landed == (0,)
+
+
+def test_a_person_suppressed_after_being_merged_is_not_given_out(
+    journal: IntakeJournal, provider_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(provider_url, monkeypatch)
+    ready = ReadyRecords()
+    mover = _mover(journal, settings, ready)
+    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
+    mover.start()
+    try:
+        first = asyncio.run(_post_waiting(app, ADA))
+        _wait_written_back(mover, journal.last_seq())
+        assert main(["suppress", EMAIL]) == 0
+        # The same request again: replayed answers are read from the warehouse.
+        again = asyncio.run(_post_waiting(app, ADA, wait_s=1))
+    finally:
+        mover.stop()
+
+    assert first.status_code == 200
+    assert again.status_code == 202, again.text
+    assert "records" not in again.json()

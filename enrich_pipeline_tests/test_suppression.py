@@ -47,18 +47,19 @@ def test_a_suppressed_person_is_refused_at_landing_and_nothing_of_them_is_kept(
         settings,
         "ADA@acme.io ,Ada,,,,2026-09-01 10:00:00",
         ",Ada,212.736.4180,,,2026-09-01 10:00:00",  # the phone alone, written another way
+        ",Ada,+1 212-736-4180 ext. 12,,,2026-09-01 10:00:00",  # with an extension
         "ada.l@other.io,Ada,(212) 736-4180,,,2026-09-01 10:00:00",  # the phone beside an email
         "grace@navy.example,Grace,,,,not a date",
         "alan@turing.example,Alan,,,,2026-09-01 10:00:00",
     )
 
-    assert reasons == {"suppressed": 3, "unparseable date": 1}
+    assert reasons == {"suppressed": 4, "unparseable date": 1}
     assert _table(settings, "SELECT email FROM raw_contacts") == [("alan@turing.example",)]
     refused = _table(
         settings,
         "SELECT original, field, source_row FROM quarantine WHERE reason = 'suppressed'",
     )
-    assert refused == [(None, None, 1), (None, None, 2), (None, None, 3)]
+    assert refused == [(None, None, row) for row in (1, 2, 3, 4)]
     # The rows refused for any other reason keep their values, as always.
     assert "grace@navy.example" in str(_table(settings, "SELECT original FROM quarantine"))
 
@@ -73,8 +74,9 @@ def test_a_suppressed_person_is_refused_at_landing_and_nothing_of_them_is_kept(
             ",,,linkedin.com/in/ada-l?trk=x,,2026-09-01 10:00:00",
             True,
         ),
+        (["+44 20 7946 0958"], ",Alan,+44 (0) 20 7946 0958,,,2026-09-01 10:00:00", True),
     ],
-    ids=["domain", "another-domain", "linkedin"],
+    ids=["domain", "another-domain", "linkedin", "trunk-prefix"],
 )
 def test_domains_and_linkedin_profiles_are_suppressed_as_given(
     tmp_path: Path, settings: Settings, suppressed: list[str], landed: str, refused: bool
@@ -137,6 +139,7 @@ def test_a_person_suppressed_after_landing_is_never_looked_up_or_exported_again(
     assert ADA in export.read_text(encoding="utf-8")
 
     assert main(["suppress", ADA]) == 0
+    assert ADA not in export.read_text(encoding="utf-8"), "out of the files at once"
     long_ago = datetime(2025, 1, 1)
     with duckdb.connect(settings.warehouse_path) as con:
         # Everything has gone stale: the next run refreshes every record but hers.
@@ -205,3 +208,18 @@ async def test_a_suppressed_lead_posted_to_the_intake_is_refused_and_leaves_the_
     assert _table(settings, "SELECT reason, original FROM quarantine") == [("suppressed", None)]
     assert [entry.lead for entry in journal.read_after(0, 10)] == [{"email": "ada@acme.io"}]
     assert b"spy@rival.com" not in Path(settings.intake_journal_path).read_bytes()
+
+
+def test_a_suppressed_phone_keeps_its_record_out_of_the_export(
+    tmp_path: Path, settings: Settings
+) -> None:
+    ingest_file(settings.warehouse_path, write_small_csv(tmp_path))
+    materialise_range(settings, "2026-09-01", "2026-09-03")
+    export = Path(settings.export_dir) / "crm_contacts.csv"
+    assert ADA in export.read_text(encoding="utf-8")
+
+    assert main(["suppress", "+1 415-555-0134"]) == 0  # Ada's, written another way
+    materialise_range(settings, "2026-09-01", "2026-09-03")
+
+    text = export.read_text(encoding="utf-8")
+    assert ADA not in text and "grace@gmail.com" in text

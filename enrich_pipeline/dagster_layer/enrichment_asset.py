@@ -41,6 +41,7 @@ from enrich_pipeline.provider.models import CallStats, EnrichmentResult, Kind, Q
 from enrich_pipeline.settings import DataLegionSettings, PrivacySettings, ProviderClientSettings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.enrichment import Freshness, StaleSelection, clear_expired_raw
+from enrich_pipeline.warehouse.suppression import listed_among, result_key
 
 
 class Store(Protocol):
@@ -183,9 +184,13 @@ class WindowEnrichment:
         fields = enrichment.profile.fields(self.step.kind)
 
         def write_chunk(results: list[EnrichmentResult]) -> None:
+            kind = self.step.kind
             with warehouse.connect() as con:
+                # Erased or suppressed while this run looked them up: not stored again.
+                listed = listed_among(con, (result_key(kind, r.key) for r in results))
+                kept = [r for r in results if result_key(kind, r.key) not in listed]
                 stored = self.step.store(
-                    con, results, utc_now(), fields=fields, keep_raw=pipeline.keep_raw
+                    con, kept, utc_now(), fields=fields, keep_raw=pipeline.keep_raw
                 )
                 self.changes += stored or 0
 

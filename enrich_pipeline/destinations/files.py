@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from enrich_pipeline.warehouse.suppression import email_keys_sql, suppressed_sql
+from enrich_pipeline.warehouse.suppression import crm_record_keys_sql, suppressed_sql
 
 CSV_FILE_NAME = "crm_contacts.csv"
 PARQUET_FILE_NAME = "crm_contacts.parquet"
@@ -83,7 +83,7 @@ def write_crm_files(
         leftover.unlink(missing_ok=True)
     csv_path, parquet_path = export_paths(directory)
     # Records merged before their person was suppressed stay in the warehouse, not the files.
-    exported = f"crm_contacts c WHERE NOT {suppressed_sql(con, email_keys_sql('c.email'))}"
+    exported = f"crm_contacts c WHERE NOT {suppressed_sql(con, crm_record_keys_sql('c'))}"
     writes = (
         (csv_path, _csv_select(columns, exported), "FORMAT csv, HEADER true"),
         (parquet_path, _parquet_select(columns, exported), "FORMAT parquet"),

@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 
 import httpx
 
+from enrich_pipeline.masking import mask_emails_in
 from enrich_pipeline.provider.http import REDACTED, USER_AGENT
 from enrich_pipeline.provider.models import CallStats
 from enrich_pipeline.provider.transports import (
@@ -309,7 +310,8 @@ class HubSpotClient:
         if status in (401, 403):
             raise HubSpotAuthError(status, _redact(body.get("message"), self._token))
         # HubSpot's text is about this one email's request, so it may name this person only.
-        error = _status_error(status, body, response.reason_phrase, self._token)
+        # Kept in the erasure's audit, which names nobody: HubSpot's text may quote addresses.
+        error = mask_emails_in(_status_error(status, body, response.reason_phrase, self._token))
         gave_up = f"HTTP {status}" if status == 429 or status >= 500 else None
         return EraseOutcome(email, "failed", error), gave_up
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import uuid
@@ -21,8 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 # Long enough to ride out another process's commit, short enough to answer a client.
 _BUSY_TIMEOUT_S = 5.0
+# Emptying the WAL after an erasure: each try waits out readers for the busy timeout.
+_CHECKPOINT_TRIES = 3
 
 # Built once: json.dumps with options builds a new encoder on every call.
 _encode_lead = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
@@ -301,25 +306,31 @@ class IntakeJournal:
             for seq, received, source, lead in rows
         ]
 
-    def erase(self, is_theirs: Callable[[dict[str, Any]], bool]) -> int:
+    def erase(self, is_theirs: Callable[[dict[str, Any]], bool]) -> tuple[int, bool]:
         """Delete the entries whose lead ``is_theirs``, landed or not (one not landed yet then
-        never lands); returns how many."""
+        never lands); returns how many, and whether the WAL could be emptied too."""
         with self._lock:
             rows = self._con.execute("SELECT seq, lead FROM entries").fetchall()
         theirs = [seq for seq, lead in rows if is_theirs(json.loads(lead))]
-        self.erase_entries(theirs)
-        return len(theirs)
+        return len(theirs), self.erase_entries(theirs)
 
-    def erase_entries(self, seqs: Sequence[int]) -> None:
-        """Delete these entries, their bytes overwritten in the file and the WAL emptied."""
+    def erase_entries(self, seqs: Sequence[int]) -> bool:
+        """Delete these entries, their bytes overwritten in the file; returns whether the WAL,
+        which holds the pages as they were until it is copied back, could be emptied too (a
+        reader in another process can keep it from that for a while)."""
         if not seqs:
-            return
+            return True
         with self._write():
             self._con.execute("PRAGMA secure_delete = ON")
             self._con.executemany("DELETE FROM entries WHERE seq = ?", [(s,) for s in seqs])
-        with self._lock:
-            # Until the WAL's pages are copied back, it still holds them as they were.
-            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(_CHECKPOINT_TRIES):
+            with self._lock:
+                # Waits (busy timeout) for readers of older snapshots before it gives up.
+                (busy, _, _) = self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+        log.warning("the intake journal's WAL could not be emptied: readers kept it busy")
+        return False
 
     def leads_under_key(self, prefix: str) -> list[dict[str, Any]]:
         """The leads of the requests whose idempotency key starts with ``prefix``."""

@@ -13,7 +13,13 @@ import duckdb
 
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS
 from enrich_pipeline.warehouse.contacts import unbuilt_days_sql
-from enrich_pipeline.warehouse.enrichment import COMPANY_DOMAIN_SQL, Freshness, stale_condition
+from enrich_pipeline.warehouse.enrichment import (
+    COMPANY_DOMAIN_SQL,
+    EXPIRED_RAW,
+    Freshness,
+    stale_condition,
+)
+from enrich_pipeline.warehouse.suppression import clean_contact_keys_sql, suppressed_sql
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,13 @@ class RefreshNeeds:
         return work or self.raw_days
 
 
-# Same rule as stale_persons: every identity a partition holds, judged on its person record.
+# Same rule as stale_persons: every identity a partition holds, judged on its person record;
+# a suppressed person is never looked up, so is no reason for a run.
 _STALE_PERSONS = """
 SELECT list(DISTINCT c.partition_date), count(DISTINCT c.identity)
 FROM clean_contacts c
 LEFT JOIN person_enrichment p USING (identity)
-WHERE {stale}
+WHERE {stale} AND NOT {suppressed}
 """
 
 # Same rule as stale_companies (never a free-mail domain); a company's staleness lands on every
@@ -118,19 +125,21 @@ WITH domains AS (
     SELECT c.partition_date, {domain} AS domain
     FROM clean_contacts c
     LEFT JOIN person_enrichment p USING (identity)
+    WHERE NOT {suppressed}
 )
 SELECT list(DISTINCT d.partition_date), count(DISTINCT d.domain)
 FROM domains d
 LEFT JOIN company_enrichment e USING (domain)
 WHERE d.domain IS NOT NULL AND NOT list_contains($free_mail, d.domain) AND {stale}
+  AND NOT {suppressed_domain}
 """
 
 # Raw answers past their retention (the enrichment assets' retention pass clears them), and
 # the latest day with contacts, for a run to do it.
-_EXPIRED_RAW = """
+_EXPIRED_RAW = f"""
 SELECT
-    (SELECT count(*) FROM person_enrichment WHERE raw IS NOT NULL AND enriched_at < $cutoff)
-    + (SELECT count(*) FROM company_enrichment WHERE raw IS NOT NULL AND enriched_at < $cutoff),
+    (SELECT count(*) FROM person_enrichment WHERE {EXPIRED_RAW})
+    + (SELECT count(*) FROM company_enrichment WHERE {EXPIRED_RAW}),
     (SELECT max(partition_date) FROM clean_contacts)
 """
 
@@ -142,18 +151,25 @@ def refresh_needs(
     con: duckdb.DuckDBPyConnection, now: datetime, freshness: Freshness, raw_retention_days: int
 ) -> RefreshNeeds:
     """Every day the enrichment job would do work on as of ``now`` (naive UTC)."""
+    suppressed = suppressed_sql(con, clean_contact_keys_sql("c"))
     person_days, persons = con.execute(
-        _STALE_PERSONS.format(stale=stale_condition("p", freshness, "person")), {"now": now}
+        _STALE_PERSONS.format(
+            stale=stale_condition("p", freshness, "person"), suppressed=suppressed
+        ),
+        {"now": now},
     ).fetchone()  # type: ignore[misc]
     company_days, companies = con.execute(
         _STALE_COMPANIES.format(
-            domain=COMPANY_DOMAIN_SQL, stale=stale_condition("e", freshness, "company")
+            domain=COMPANY_DOMAIN_SQL,
+            stale=stale_condition("e", freshness, "company"),
+            suppressed=suppressed,
+            suppressed_domain=suppressed_sql(con, ["'domain:' || d.domain"]),
         ),
         {"now": now, "free_mail": sorted(FREE_MAIL_DOMAINS)},
     ).fetchone()  # type: ignore[misc]
     (unbuilt_days,) = con.execute(_UNBUILT_DAYS).fetchone()  # type: ignore[misc]
     expired_raw, latest_day = con.execute(
-        _EXPIRED_RAW, {"cutoff": now - timedelta(days=raw_retention_days)}
+        _EXPIRED_RAW, {"now": now, "days": raw_retention_days}
     ).fetchone()  # type: ignore[misc]
     return RefreshNeeds(
         person_days=frozenset(person_days or ()),

@@ -93,7 +93,7 @@ def connect(
     try:
         if memory_limit:
             con.execute("SET memory_limit = ?", [memory_limit])
-        if not read_only and not _is_held(path):
+        if not read_only and not is_held(path):
             with _schema_lock:
                 ensure_schema(con)
         yield con
@@ -104,23 +104,25 @@ def connect(
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     # The swap lock only while opening: held while waiting for the write lock, it would keep
     # a process that is about to swap the file from ever taking it.
-    with swap_lock(path, exclusive=False):
+    with swap_lock(path, exclusive=False, required=not read_only):
         return duckdb.connect(str(path), read_only=read_only)
 
 
 @contextmanager
-def swap_lock(path: Path, *, exclusive: bool) -> Iterator[None]:
+def swap_lock(path: Path, *, exclusive: bool, required: bool = True) -> Iterator[None]:
     """The lock a process opening the warehouse holds shared, and one replacing the file with
     a rewritten copy (an erasure) holds exclusively from before it lets the old file go until
     the new one is in place: no process opens the old file in between and writes to a file
-    that is about to be replaced. An ``flock`` on ``<warehouse>.swap.lock``."""
+    that is about to be replaced. An ``flock`` on ``<warehouse>.swap.lock``; a reader that
+    cannot make it (``required`` false: a read-only folder) opens without it."""
     lock_path = path.with_name(path.name + ".swap.lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # flock needs no write access: anyone who may read the warehouse may take it.
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError:
-        if exclusive:
+        if required:
             raise
-        yield  # a read-only folder: nobody can replace the file there either
+        yield
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -217,7 +219,8 @@ def _close_all_keepers() -> None:
             _close_keeper(key, keeper)
 
 
-def _is_held(path: Path) -> bool:
+def is_held(path: Path) -> bool:
+    """Whether ``hold_open`` keeps the file open in this process."""
     with _keepers_lock:
         return bool(_keepers) and str(path.resolve()) in _keepers
 

@@ -111,6 +111,29 @@ _NO_IDENTIFIER = (
     "or a name with a company"
 )
 
+
+def slug_sql(url: str) -> str:
+    """The LinkedIn profile of a URL expression, as ``linkedin_slug`` reads it."""
+    return f"nullif(regexp_extract(lower({url}), '{LINKEDIN_SLUG_PATTERN}', 1), '')"
+
+
+def landed_name_sql(row: str) -> str:
+    """A landed row's name: its full name, else first and last (``row`` is its alias)."""
+    return (
+        f"nullif(trim(coalesce({row}.full_name, concat_ws(' ', {row}.first_name, "
+        f"{row}.last_name))), '')"
+    )
+
+
+def website_domain_sql(website: str) -> str:
+    return f"nullif(regexp_extract(lower(trim({website})), '{WEBSITE_DOMAIN_PATTERN}', 1), '')"
+
+
+def name_identity_sql(name: str, company: str) -> str:
+    """The identity of a lead known by name and company (``name:ada lovelace|acme``)."""
+    return f"'name:' || lower({name}) || '|' || lower({company})"
+
+
 # Window rows with everything derived that validation and dedupe need. Identity is the
 # normalised email, else the E.164 phone, else the LinkedIn profile, else name + company.
 _WINDOW_ROWS = rf"""
@@ -123,12 +146,9 @@ WITH derived AS (
         c.email_error,
         c.phone AS phone_e164,
         c.phone_error,
-        nullif(regexp_extract(lower(r.linkedin_url), '{LINKEDIN_SLUG_PATTERN}', 1), '')
-            AS linkedin_slug,
-        nullif(trim(coalesce(r.full_name, concat_ws(' ', r.first_name, r.last_name))), '')
-            AS name_norm,
-        nullif(regexp_extract(lower(trim(r.website)), '{WEBSITE_DOMAIN_PATTERN}', 1), '')
-            AS website_domain
+        {slug_sql("r.linkedin_url")} AS linkedin_slug,
+        {landed_name_sql("r")} AS name_norm,
+        {website_domain_sql("r.website")} AS website_domain
     FROM raw_contacts r
     JOIN contact_checks c USING (ingest_id)
     SEMI JOIN changed_days d ON d.partition_date = CAST(r.received_at AS DATE)
@@ -228,7 +248,7 @@ FROM (
             WHEN 'email' THEN email_norm
             WHEN 'phone' THEN 'phone:' || phone_e164
             WHEN 'social_url' THEN 'social:' || linkedin_slug
-            ELSE 'name:' || lower(name_norm) || '|' || lower(coalesce(company_name, company_domain))
+            ELSE {name_identity_sql("name_norm", "coalesce(company_name, company_domain)")}
         END AS identity
     FROM window_rows
     WHERE bad_field IS NULL
@@ -244,7 +264,7 @@ def clean_contact(landed: Mapping[str, str | None], received_at: datetime) -> di
     email = normalise_email(landed.get("email"))[0]
     if email is None:
         return None
-    website_domain = _found(WEBSITE_DOMAIN_PATTERN, (landed.get("website") or "").strip(" "))
+    website = website_domain(landed.get("website"))
     slug = linkedin_slug(landed.get("linkedin_url"))
     email_domain = email.partition("@")[2]
     return {
@@ -255,13 +275,18 @@ def clean_contact(landed: Mapping[str, str | None], received_at: datetime) -> di
         "phone": normalise_phone(landed.get("phone"))[0],
         **{column: landed.get(column) for column in ("first_name", "last_name", "company_name")},
         "company_domain": next(
-            (d for d in (website_domain, email_domain) if d and d not in FREE_MAIL_DOMAINS), None
+            (d for d in (website, email_domain) if d and d not in FREE_MAIL_DOMAINS), None
         ),
         "website": landed.get("website"),
         "linkedin_url": None if slug is None else LINKEDIN_PROFILE_PREFIX + slug,
         **{column: landed.get(column) for column in ("job_title", "city", "state", "country")},
         "last_received_at": received_at,
     }
+
+
+def website_domain(website: str | None) -> str | None:
+    """A website's domain, as the window's SQL reads it."""
+    return _found(WEBSITE_DOMAIN_PATTERN, (website or "").strip(" "))
 
 
 def linkedin_slug(url: str | None) -> str | None:

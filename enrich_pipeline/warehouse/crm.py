@@ -21,7 +21,11 @@ from enrich_pipeline.merge_policy import (
 from enrich_pipeline.provider.models import PERSON_FIELDS
 from enrich_pipeline.warehouse.connection import transaction
 from enrich_pipeline.warehouse.enrichment import COMPANY_DOMAIN_SQL, placeholders
-from enrich_pipeline.warehouse.suppression import clean_contact_keys_sql, suppressed_sql
+from enrich_pipeline.warehouse.suppression import (
+    clean_contact_keys_sql,
+    crm_record_keys_sql,
+    suppressed_sql,
+)
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,11 @@ _LEAD_COLUMNS = (
 
 # Every clean contact, with its person answer and the email its CRM record is keyed by: the
 # lead's own, else (for phone / LinkedIn / name leads) the work email the provider matched.
-# A suppressed person's leads make no record, so no destination is sent one.
+# A suppressed person makes no record, so no destination is sent one: every lead of an email
+# one of whose leads is suppressed (by its phone, say) is left out.
 _LEADS = f"""
 CREATE OR REPLACE TEMP TABLE crm_leads AS
+WITH leads AS (
 SELECT
     c.*,
     p.status AS p_status,
@@ -76,14 +82,19 @@ SELECT
         AS crm_email,
     jc.job_changed_at,
     -- A job change is stored with the profile that revealed it, so p.enriched_at covers it.
-    greatest(c.built_at, p.enriched_at, co.enriched_at) AS inputs_changed_at
+    greatest(c.built_at, p.enriched_at, co.enriched_at) AS inputs_changed_at,
+    {{suppressed}} AS suppressed
 FROM clean_contacts c
 LEFT JOIN person_enrichment p USING (identity)
 LEFT JOIN (
     SELECT identity, max(detected_at) AS job_changed_at FROM job_changes GROUP BY identity
 ) jc USING (identity)
 LEFT JOIN company_enrichment co ON co.domain = {COMPANY_DOMAIN_SQL}
-WHERE NOT {{suppressed}}
+)
+SELECT * EXCLUDE (suppressed) FROM leads
+WHERE NOT suppressed
+  AND (crm_email IS NULL
+       OR crm_email NOT IN (SELECT crm_email FROM leads WHERE suppressed AND crm_email IS NOT NULL))
 """
 
 _WINDOW_EMAILS = """
@@ -245,10 +256,12 @@ def crm_records(
     ISO text) with their provenance, keyed by email."""
     if not emails:
         return {}
+    # A record merged before its person was suppressed is not given out.
     found = con.execute(
-        """
+        f"""
         SELECT * EXCLUDE (partition_date, merge_policy)
-        FROM crm_contacts WHERE email IN (SELECT unnest($emails))
+        FROM crm_contacts c WHERE email IN (SELECT unnest($emails))
+          AND NOT {suppressed_sql(con, crm_record_keys_sql("c"))}
         """,
         {"emails": list(emails)},
     )

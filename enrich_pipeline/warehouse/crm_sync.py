@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from enrich_pipeline.warehouse.connection import transaction
-from enrich_pipeline.warehouse.suppression import email_keys_sql, suppressed_sql
+from enrich_pipeline.warehouse.suppression import crm_record_keys_sql, suppressed_sql
 
 FILE = "file"
 HUBSPOT = "hubspot"
@@ -240,7 +240,7 @@ def read_pending(
         SELECT c.email, c.updated_at, {spec.fingerprint_sql}, {select}
         FROM (
             SELECT c.* FROM {_CANDIDATES}
-            WHERE c.email > $after AND NOT {suppressed_sql(con, email_keys_sql("c.email"))}
+            WHERE c.email > $after AND NOT {suppressed_sql(con, crm_record_keys_sql("c"))}
             ORDER BY c.email LIMIT $limit
         ) c
         ORDER BY c.email

@@ -197,7 +197,8 @@ def stale_companies(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime, freshness: Freshness
 ) -> StaleSelection[CompanyQuery]:
     """Domains of the window's contacts: the matched person's company domain, else the lead's
-    own (website or work email). Free-mail domains are never companies, nor suppressed ones."""
+    own (website or work email). Free-mail domains are never companies, nor suppressed ones,
+    nor the domains only suppressed people name."""
     rows = con.execute(
         f"""
         WITH domains AS (
@@ -205,6 +206,7 @@ def stale_companies(
             FROM clean_contacts c
             LEFT JOIN person_enrichment p USING (identity)
             WHERE c.partition_date >= $start AND c.partition_date < $end
+              AND NOT {suppressed_sql(con, clean_contact_keys_sql("c"))}
         )
         SELECT d.domain, {stale_condition("e", freshness, "company")} AS stale
         FROM domains d
@@ -438,6 +440,10 @@ def store_companies(
 _TABLES: dict[Kind, str] = {"person": "person_enrichment", "company": "company_enrichment"}
 
 
+# A raw answer kept past its retention ($now, $days): what the retention pass clears.
+EXPIRED_RAW = "raw IS NOT NULL AND enriched_at < $now - to_days($days)"
+
+
 def clear_expired_raw(
     con: duckdb.DuckDBPyConnection, kind: Kind, now: datetime, retention_days: int
 ) -> int:
@@ -445,10 +451,7 @@ def clear_expired_raw(
     before ``now`` (at 0, of every record), across the whole table; the profile's columns stay.
     Returns how many were cleared."""
     cleared = con.execute(
-        f"""
-        UPDATE {_TABLES[kind]} SET raw = NULL
-        WHERE raw IS NOT NULL AND enriched_at < $now - to_days($days)
-        """,
+        f"UPDATE {_TABLES[kind]} SET raw = NULL WHERE {EXPIRED_RAW}",
         {"now": now, "days": retention_days},
     ).fetchone()
     return cleared[0] if cleared else 0

@@ -1,16 +1,21 @@
 """Erasing a person from the warehouse: every row under every identity that was theirs, the
 audit row that says so without naming them, and a rewrite of the file so the bytes are gone.
 
-A person is named by their email. Their identities are that email and what their own rows and
-profile tie to it: the phone numbers, LinkedIn profiles and name + company of the leads that
-carried it, the profile's mobile phone and LinkedIn, and any identity whose matched profile's
-work email it is. Leads identified by one of those (a phone-only lead, say) are theirs too.
+A person is named by their email. Their other identities are the phone numbers, LinkedIn
+profiles and name + company their leads and their profile carry, as long as no lead of another
+email carries them too (an office's main line is not one person's), and any phone, LinkedIn or
+name identity whose matched profile gives their email as its work email. Leads identified by
+one of those (a phone-only lead, say) are theirs too. What is shared with someone else is
+neither erased nor suppressed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -20,65 +25,90 @@ from pathlib import Path
 
 import duckdb
 
-from enrich_pipeline.warehouse.connection import connect, swap_lock
-from enrich_pipeline.warehouse.contacts import LINKEDIN_SLUG_PATTERN, check_new_rows
+from enrich_pipeline.warehouse.connection import connect, is_held, swap_lock
+from enrich_pipeline.warehouse.contacts import (
+    check_new_rows,
+    landed_name_sql,
+    name_identity_sql,
+    slug_sql,
+    website_domain_sql,
+)
 from enrich_pipeline.warehouse.crm_sync import SYNC_STATE_DDL
-from enrich_pipeline.warehouse.suppression import add_to_list, keyed_hash
+from enrich_pipeline.warehouse.suppression import add_to_list, keyed_hash, list_key
 
-_SLUG = f"nullif(regexp_extract(lower({{url}}), '{LINKEDIN_SLUG_PATTERN}', 1), '')"
+_RAW_NAME = name_identity_sql(
+    landed_name_sql("r"), f"coalesce(r.company_name, {website_domain_sql('r.website')})"
+)
 
-# The person's identities (hashed texts, as clean_contacts.identity holds them), one hop out
-# from their email.
+# Their identities (as clean_contacts.identity spells them), with whether each is theirs
+# alone: only those go on the suppression list.
 _IDENTITIES = f"""
 CREATE OR REPLACE TEMP TABLE __erase_identities AS
-WITH leads AS (
-    SELECT * FROM clean_contacts WHERE email = $email OR identity = $email
-), profiles AS (
-    SELECT * FROM person_enrichment
-    WHERE identity = $email OR lower(trim(work_email)) = $email
+WITH own_rows AS (
+    SELECT r.*, c.phone AS phone_e164
+    FROM raw_contacts r JOIN contact_checks c USING (ingest_id) WHERE c.email = $email
+), profile AS (
+    SELECT * FROM person_enrichment WHERE identity = $email
+), candidates AS (
+    SELECT 'phone:' || phone AS identity FROM clean_contacts WHERE email = $email
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM clean_contacts WHERE email = $email
+    UNION SELECT {name_identity_sql("full_name", "coalesce(company_name, company_domain)")}
+        FROM clean_contacts WHERE email = $email
+    UNION SELECT 'phone:' || phone_e164 FROM own_rows
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM own_rows
+    UNION SELECT 'phone:' || mobile_phone FROM profile
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM profile
+), others AS (
+    -- What leads and profiles of other emails carry.
+    SELECT 'phone:' || phone AS identity FROM clean_contacts
+        WHERE email IS NOT NULL AND email <> $email
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM clean_contacts
+        WHERE email IS NOT NULL AND email <> $email
+    UNION SELECT {name_identity_sql("full_name", "coalesce(company_name, company_domain)")}
+        FROM clean_contacts WHERE email IS NOT NULL AND email <> $email
+    UNION SELECT 'phone:' || mobile_phone FROM person_enrichment
+        WHERE identity_type = 'email' AND identity <> $email
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM person_enrichment
+        WHERE identity_type = 'email' AND identity <> $email
 )
-SELECT DISTINCT identity FROM (
-    SELECT $email AS identity
-    UNION ALL SELECT 'phone:' || phone FROM leads
-    UNION ALL SELECT 'social:' || {_SLUG.format(url="linkedin_url")} FROM leads
-    UNION ALL SELECT 'name:' || lower(full_name) || '|' || lower(coalesce(company_name,
-                                                                          company_domain))
-        FROM leads
-    UNION ALL SELECT 'phone:' || c.phone
-        FROM contact_checks c JOIN raw_contacts r USING (ingest_id) WHERE c.email = $email
-    UNION ALL SELECT 'social:' || {_SLUG.format(url="r.linkedin_url")}
-        FROM contact_checks c JOIN raw_contacts r USING (ingest_id) WHERE c.email = $email
-    UNION ALL SELECT identity FROM profiles
-    UNION ALL SELECT 'phone:' || mobile_phone FROM profiles
-    UNION ALL SELECT 'social:' || {_SLUG.format(url="linkedin_url")} FROM profiles
-)
+SELECT $email AS identity, true AS theirs_alone
+UNION
+SELECT identity, true FROM candidates
 WHERE identity IS NOT NULL
-"""
-# The work emails the provider gave any of those identities: the CRM records of a phone or
-# LinkedIn lead are keyed by them.
-_WORK_EMAILS = """
-INSERT INTO __erase_identities
-SELECT DISTINCT lower(trim(work_email)) FROM person_enrichment
-WHERE identity IN (SELECT identity FROM __erase_identities)
-  AND nullif(trim(work_email), '') IS NOT NULL
-EXCEPT SELECT identity FROM __erase_identities
+  AND identity NOT IN (SELECT identity FROM others WHERE identity IS NOT NULL)
+UNION
+-- The provider tied these leads to them.
+SELECT identity, false FROM person_enrichment
+WHERE lower(trim(work_email)) = $email AND identity_type <> 'email'
 """
 
-# Landed rows that are the person's: one of their emails, or no valid email and one of their
-# other identities (what validation would have identified the row by).
+# Landed rows that are the person's: their email, valid or not (an address written
+# "Jane <jane@acme.com>" is still theirs), or no valid email and one of their other
+# identities (what validation identifies such a row by).
 _ROWS = f"""
 CREATE OR REPLACE TEMP TABLE __erase_rows AS
 SELECT r.ingest_id
 FROM raw_contacts r
 JOIN contact_checks c USING (ingest_id)
-WHERE c.email IN (SELECT identity FROM __erase_identities)
+WHERE c.email = $email
    OR (c.email IS NULL AND (
-        'phone:' || c.phone IN (SELECT identity FROM __erase_identities)
-        OR 'social:' || {_SLUG.format(url="r.linkedin_url")}
-            IN (SELECT identity FROM __erase_identities)
-        OR 'name:' || lower(trim(coalesce(r.full_name, concat_ws(' ', r.first_name,
-                                                                 r.last_name))))
-            || '|' || lower(r.company_name) IN (SELECT identity FROM __erase_identities)))
+        regexp_matches(lower(r.email), $email_pattern)
+        OR 'phone:' || c.phone IN (SELECT identity FROM __erase_identities)
+        OR 'social:' || {slug_sql("r.linkedin_url")} IN (SELECT identity FROM __erase_identities)
+        OR {_RAW_NAME} IN (SELECT identity FROM __erase_identities)))
+"""
+
+# Their CRM records: their email's, and those keyed by the work email a profile gave one of
+# their other leads, when no other lead has that email (the record is made of their leads).
+_CRM_EMAILS = """
+CREATE OR REPLACE TEMP TABLE __erase_crm_emails AS
+SELECT $email AS email
+UNION
+SELECT lower(trim(p.work_email)) FROM person_enrichment p
+WHERE p.identity IN (SELECT identity FROM __erase_identities) AND p.identity_type <> 'email'
+  AND lower(trim(p.work_email)) NOT IN (
+      SELECT email FROM clean_contacts
+      WHERE email IS NOT NULL AND identity NOT IN (SELECT identity FROM __erase_identities))
 """
 
 _IS_THEIRS = "IN (SELECT identity FROM __erase_identities)"
@@ -86,14 +116,14 @@ _IS_THEIRS = "IN (SELECT identity FROM __erase_identities)"
 _DELETES: dict[str, str] = {
     "raw_contacts": "ingest_id IN (SELECT ingest_id FROM __erase_rows)",
     "contact_checks": "ingest_id IN (SELECT ingest_id FROM __erase_rows)",
-    # Rows that could not land keep the values as given: the address appears in their text.
+    # Rows that could not land keep the values as given: the address is in their text.
     "quarantine": "ingest_id IN (SELECT ingest_id FROM __erase_rows) "
-    "OR contains(lower(CAST(original AS VARCHAR)), $email)",
-    "clean_contacts": f"identity {_IS_THEIRS} OR email {_IS_THEIRS}",
+    "OR regexp_matches(lower(CAST(original AS VARCHAR)), $email_pattern)",
+    "clean_contacts": f"identity {_IS_THEIRS} OR email = $email",
     "person_enrichment": f"identity {_IS_THEIRS}",
-    "job_changes": f"identity {_IS_THEIRS} OR lower(email) {_IS_THEIRS}",
-    "crm_contacts": f"email {_IS_THEIRS}",
-    "crm_sync_state": f"email {_IS_THEIRS}",
+    "job_changes": f"identity {_IS_THEIRS} OR lower(email) = $email",
+    "crm_contacts": "email IN (SELECT email FROM __erase_crm_emails)",
+    "crm_sync_state": "email IN (SELECT email FROM __erase_crm_emails)",
 }
 ERASED_TABLES = tuple(_DELETES)
 
@@ -102,12 +132,12 @@ ERASED_TABLES = tuple(_DELETES)
 class SubjectErased:
     erasure_id: str
     rows_removed: dict[str, int]  # table -> rows
-    identities: tuple[str, ...]  # theirs, as hashed texts: now on the suppression list
+    # Theirs, as hashed texts; those that are theirs alone are now on the suppression list.
+    identities: tuple[str, ...]
 
 
 def erase_subject(
     con: duckdb.DuckDBPyConnection,
-    key: bytes,
     email: str,
     *,
     requested_by: str,
@@ -117,26 +147,34 @@ def erase_subject(
     theirs on the suppression list and write the audit row: inside the caller's transaction,
     after ``check_all_rows``."""
     con.execute(SYNC_STATE_DDL)
-    params = {"email": email}
-    con.execute(_IDENTITIES, params)
-    con.execute(_WORK_EMAILS)
-    con.execute(_ROWS)
+    params = {"email": email, "email_pattern": email_pattern(email)}
+    con.execute(_IDENTITIES, {"email": email})
+    con.execute(_ROWS, params)
+    con.execute(_CRM_EMAILS, {"email": email})
     rows_removed = {}
     for table, theirs in _DELETES.items():
-        used = {"email": email} if "$email" in theirs else {}
-        rows_removed[table] = con.execute(f"DELETE FROM {table} WHERE {theirs}", used).fetchone()[0]  # type: ignore[index]
-    identities = [
-        row[0] for row in con.execute("SELECT identity FROM __erase_identities").fetchall()
-    ]
-    add_to_list(con, key, identities, reason="erased", now=now)
+        used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", theirs)}
+        deleted = con.execute(f"DELETE FROM {table} WHERE {theirs}", used).fetchone()
+        rows_removed[table] = deleted[0] if deleted else 0
+    found = con.execute(
+        "SELECT identity, theirs_alone FROM __erase_identities ORDER BY identity"
+    ).fetchall()
+    identities = [identity for identity, _ in found]
+    add_to_list(con, [i for i, alone in found if alone], reason="erased", now=now)
     erasure_id = uuid.uuid4().hex
     con.execute(
         "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, NULL)",
-        [erasure_id, keyed_hash(key, email), requested_by, now, json.dumps(rows_removed)],
+        [erasure_id, keyed_hash(list_key(con), email), requested_by, now, json.dumps(rows_removed)],
     )
-    con.execute("DROP TABLE __erase_identities")
-    con.execute("DROP TABLE __erase_rows")
+    for table in ("__erase_identities", "__erase_rows", "__erase_crm_emails"):
+        con.execute(f"DROP TABLE {table}")
     return SubjectErased(erasure_id, rows_removed, tuple(identities))
+
+
+def email_pattern(email: str) -> str:
+    """A regular expression finding the address in a text, not inside a longer one
+    (``jo@acme.com`` is not in ``mojo@acme.com`` or ``jo@acme.com.au``)."""
+    return rf"(^|[^a-z0-9._%+-]){re.escape(email)}($|[^a-z0-9.-]|\.($|[^a-z0-9-]))"
 
 
 def check_all_rows(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
@@ -191,14 +229,19 @@ def rewritten(
     moment the copy takes its place: each ``connect`` opens under a shared ``swap_lock``,
     held exclusively across the swap."""
     path = Path(warehouse_path)
+    if is_held(path):
+        # This process's own open database would go on writing to the replaced file.
+        raise RuntimeError(f"{path} is held open by this process: erase from a process of its own")
     fresh = path.with_name(f".{path.name}.rewrite-{os.getpid()}")
-    for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
-        leftover.unlink(missing_ok=True)
     try:
         # Unwinds in order: the connection closes, the copy takes the file's place, then
         # other processes may open it.
         with ExitStack() as swap:
             with connect(path, lock_timeout_s=lock_timeout_s) as con:
+                # Holding the write lock, no other erasure is under way: any copy here is one
+                # that a killed erasure left, and holds everyone's data.
+                for leftover in path.parent.glob(f".{path.name}.rewrite-*"):
+                    leftover.unlink(missing_ok=True)
                 yield con
                 con.execute("CHECKPOINT")
                 (database,) = con.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
@@ -206,11 +249,21 @@ def rewritten(
                 con.execute(f'COPY FROM DATABASE "{database}" TO __rewritten')
                 con.execute("CHECKPOINT __rewritten")
                 con.execute("DETACH __rewritten")
+                _same_owner_and_mode(path, fresh)
                 swap.enter_context(swap_lock(path, exclusive=True))
             os.replace(fresh, path)
             _sync_folder(path.parent)
     finally:
-        fresh.unlink(missing_ok=True)
+        for partial in (fresh, fresh.with_name(fresh.name + ".wal")):
+            partial.unlink(missing_ok=True)
+
+
+def _same_owner_and_mode(original: Path, copy: Path) -> None:
+    """The copy is as readable as the file it replaces, and by no one more."""
+    status = original.stat()
+    os.chmod(copy, stat.S_IMODE(status.st_mode))
+    with contextlib.suppress(PermissionError):
+        os.chown(copy, status.st_uid, status.st_gid)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -12,6 +12,7 @@ so the key never appears in a statement's text (nor in an error quoting one).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -29,6 +30,7 @@ from enrich_pipeline.normalise import normalise_email, normalise_phone
 from enrich_pipeline.warehouse.contacts import LINKEDIN_SLUG_PATTERN, linkedin_slug
 
 KEY_FILE_SUFFIX = ".suppression.key"
+KEY_BYTES = 32
 SUPPRESSED = "suppressed"  # the quarantine reason of a refused row, which keeps no values
 
 
@@ -84,43 +86,63 @@ def key_path(warehouse_path: str | Path) -> Path:
     return path.with_name(path.name + KEY_FILE_SUFFIX)
 
 
-def load_key(warehouse_path: str | Path) -> bytes:
-    """The warehouse's suppression key, made (and kept, owner-only) on first use."""
+def load_key(warehouse_path: str | Path, *, create: bool = True) -> bytes:
+    """The warehouse's suppression key; with ``create``, made (owner-only) when there is none.
+    Without it, a list already holding hashes would match nobody: callers that have a list
+    pass ``create=False`` and are refused."""
     path = key_path(warehouse_path).resolve()
     with _keys_lock:
         if (key := _keys.get(str(path))) is not None:
             return key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: of two processes making it at once, one writes and both read its key.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
-                out.flush()
-                os.fsync(out.fileno())
+        if not path.exists():
+            if not create:
+                raise FileNotFoundError(
+                    f"the suppression list's key {path} is missing: restore it from the "
+                    "warehouse's backup (without it the list matches nobody)"
+                )
+            _write_new_key(path)
         key = bytes.fromhex(path.read_text().strip())
-        if len(key) < 16:
-            raise ValueError(f"{path} holds no usable suppression key")
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"{path} holds no usable suppression key ({KEY_BYTES} bytes, hex)")
         _keys[str(path)] = key
         return key
+
+
+def _write_new_key(path: Path) -> None:
+    """Written whole, then linked into place: of two processes making it at once, one wins
+    and both read its key; neither ever reads a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(KEY_BYTES))
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def keyed_hash(key: bytes, text: str) -> str:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def list_key(con: duckdb.DuckDBPyConnection) -> bytes:
+    """The key of this warehouse's list: made if the list is empty, else required."""
+    return load_key(_warehouse_path(con), create=not _any_listed(con))
+
+
 def add_to_list(
     con: duckdb.DuckDBPyConnection,
-    key: bytes,
     identifiers: Iterable[str],
     *,
     reason: str,
     now: datetime,
 ) -> int:
     """Add identifiers (their hashed texts) not on the list yet; returns how many were new."""
+    key = list_key(con)
     rows = {keyed_hash(key, text): identity_kind(text).value for text in identifiers}
     if not rows:
         return 0
@@ -136,26 +158,33 @@ def add_to_list(
     ).fetchone()[0]  # type: ignore[index]
 
 
+def listed_among(con: duckdb.DuckDBPyConnection, texts: Iterable[str]) -> set[str]:
+    """Which of these hashed texts are on the list."""
+    texts = list(texts)
+    if not texts or not _any_listed(con):
+        return set()
+    key = load_key(_warehouse_path(con), create=False)
+    by_hash = {keyed_hash(key, text): text for text in texts}
+    found = con.execute(
+        "SELECT key_hash FROM suppression_list WHERE key_hash IN (SELECT unnest(?))",
+        [list(by_hash)],
+    ).fetchall()
+    return {by_hash[row[0]] for row in found}
+
+
 def unsuppressed(
     con: duckdb.DuckDBPyConnection, contacts: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
     """The ``clean_contacts``-shaped contacts none of whose keys is on the list: the Python
     twin of ``NOT suppressed_sql(con, clean_contact_keys_sql(...))``, for one request's few."""
-    if (
-        not contacts
-        or not con.execute("SELECT EXISTS (SELECT 1 FROM suppression_list)").fetchone()[0]
-    ):  # type: ignore[index]
-        return list(contacts)
-    key = load_key(_warehouse_path(con))
-    keys = [[keyed_hash(key, text) for text in _contact_keys(contact)] for contact in contacts]
-    listed = {
-        row[0]
-        for row in con.execute(
-            "SELECT key_hash FROM suppression_list WHERE key_hash IN (SELECT unnest(?))",
-            [[h for hashes in keys for h in hashes]],
-        ).fetchall()
-    }
-    return [c for c, hashes in zip(contacts, keys, strict=True) if listed.isdisjoint(hashes)]
+    keys = [_contact_keys(contact) for contact in contacts]
+    listed = listed_among(con, (text for texts in keys for text in texts))
+    return [c for c, texts in zip(contacts, keys, strict=True) if listed.isdisjoint(texts)]
+
+
+def result_key(kind: str, key: str) -> str:
+    """The hashed text of a look-up's key: a person's identity, a company's domain."""
+    return key if kind == "person" else f"domain:{key}"
 
 
 def _contact_keys(contact: Mapping[str, Any]) -> list[str]:
@@ -164,6 +193,8 @@ def _contact_keys(contact: Mapping[str, Any]) -> list[str]:
     texts = [contact["identity"]]
     if email:
         texts += [email, f"domain:{email.partition('@')[2]}"]
+    if contact.get("company_domain"):
+        texts.append(f"domain:{contact['company_domain']}")
     if phone:
         texts.append(f"phone:{phone}")
     if slug:
@@ -190,7 +221,7 @@ def suppressed_sql(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> str:
     per row; else this connection is given the key to hash with."""
     if not _any_listed(con):
         return "false"
-    key = load_key(_warehouse_path(con)).ljust(64, b"\0")
+    key = load_key(_warehouse_path(con), create=False).ljust(64, b"\0")
     con.execute("SET VARIABLE __suppression_inner = ?", [bytes(b ^ 0x36 for b in key)])
     con.execute("SET VARIABLE __suppression_outer = ?", [bytes(b ^ 0x5C for b in key)])
     # HMAC-SHA256 (RFC 2104) from DuckDB's sha256, for a key of at most 64 bytes.
@@ -225,6 +256,16 @@ def clean_contact_keys_sql(alias: str) -> list[str]:
     ]
 
 
+def crm_record_keys_sql(alias: str) -> list[str]:
+    """Keys of a ``crm_contacts`` row: its email and domain, phones and LinkedIn profile."""
+    return [
+        *email_keys_sql(f"{alias}.email"),
+        f"'phone:' || {alias}.phone",
+        f"'phone:' || {alias}.mobile_phone",
+        linkedin_key_sql(f"{alias}.linkedin_url"),
+    ]
+
+
 def landed_keys_sql() -> list[str]:
     """Keys of a row as it lands (values as given): the email trimmed and lower-cased, its
     domain, the phone in E.164 where its digits say so (a national number read as the US,
@@ -232,7 +273,13 @@ def landed_keys_sql() -> list[str]:
     else. Validation's library checks come later; what they normalise differently is caught
     by the gates on ``clean_contacts``."""
     email = "lower(trim(email, chr(32) || chr(9) || chr(10) || chr(13) || chr(160)))"
-    digits = "regexp_replace(phone, '[^0-9]', '', 'g')"
+    # An extension ("ext. 12", "x12", "#12") is no part of the number, nor a "(0)" trunk
+    # prefix after a country code.
+    number = (
+        "regexp_replace(regexp_replace(phone, '(?i)\\s*(ext\\.?|x|#)\\s*[0-9]+\\s*$', ''), "
+        "'\\(0\\)', '')"
+    )
+    digits = f"regexp_replace({number}, '[^0-9]', '', 'g')"
     phone = f"""'phone:' || CASE
         WHEN starts_with(ltrim(phone), '+') THEN '+' || {digits}
         WHEN starts_with({digits}, '00') THEN '+' || {digits}[3:]
