@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
@@ -58,6 +59,19 @@ def _mover(journal: IntakeJournal, settings: Settings, ready: ReadyRecords) -> J
     )
 
 
+@contextmanager
+def _serving(journal: IntakeJournal, settings: Settings) -> Iterator[tuple[object, JournalMover]]:
+    """The intake app answering ``Prefer: wait``, and its running mover, as ``serve`` has them."""
+    ready = ReadyRecords()
+    mover = _mover(journal, settings, ready)
+    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
+    mover.start()
+    try:
+        yield app, mover
+    finally:
+        mover.stop()
+
+
 def _wait_written_back(mover: JournalMover, seq: int) -> None:
     done = threading.Condition()
 
@@ -87,19 +101,13 @@ def test_a_waited_lead_is_paid_for_once_and_answered_with_the_record_then_stored
     journal: IntakeJournal, provider_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(provider_url, monkeypatch)
-    ready = ReadyRecords()
-    mover = _mover(journal, settings, ready)
-    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
-    mover.start()
-    try:
+    with _serving(journal, settings) as (app, mover):
         answer = asyncio.run(_post_waiting(app, ADA))
         _wait_written_back(mover, journal.last_seq())
         first = _served(provider_url)
         again = asyncio.run(_post_waiting(app, ADA | {"Last Name": "Lovelace"}))
         _wait_written_back(mover, journal.last_seq())
         second = _served(provider_url)
-    finally:
-        mover.stop()
 
     assert answer.status_code == 200, answer.text
     (record,) = answer.json()["records"]
@@ -129,14 +137,8 @@ def test_a_provider_refusing_the_key_leaves_the_waited_lead_pending_and_kept(
     journal: IntakeJournal, provider_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(provider_url, monkeypatch, key="not-the-key")
-    ready = ReadyRecords()
-    mover = _mover(journal, settings, ready)
-    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
-    mover.start()
-    try:
+    with _serving(journal, settings) as (app, _):
         answer = asyncio.run(_post_waiting(app, ADA, wait_s=2))
-    finally:
-        mover.stop()
     assert answer.status_code in (200, 202), answer.text
     if answer.status_code == 200:
         # Merged by the write-back without a profile: the key was refused.
@@ -153,15 +155,9 @@ def test_a_suppressed_lead_waited_for_costs_no_look_up_and_gets_202(
 ) -> None:
     settings = _settings(provider_url, monkeypatch)
     assert main(["suppress", EMAIL]) == 0
-    ready = ReadyRecords()
-    mover = _mover(journal, settings, ready)
-    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
-    mover.start()
-    try:
+    with _serving(journal, settings) as (app, mover):
         answer = asyncio.run(_post_waiting(app, ADA, wait_s=1))
         _wait_written_back(mover, journal.last_seq())
-    finally:
-        mover.stop()
 
     assert answer.status_code == 202, answer.text
     assert _served(provider_url) == {"requests": 0, "items": 0}
@@ -175,18 +171,12 @@ def test_a_person_suppressed_after_being_merged_is_not_given_out(
     journal: IntakeJournal, provider_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(provider_url, monkeypatch)
-    ready = ReadyRecords()
-    mover = _mover(journal, settings, ready)
-    app = create_intake_app(journal, token=None, mover=mover, ready=ready)
-    mover.start()
-    try:
+    with _serving(journal, settings) as (app, mover):
         first = asyncio.run(_post_waiting(app, ADA))
         _wait_written_back(mover, journal.last_seq())
         assert main(["suppress", EMAIL]) == 0
         # The same request again: replayed answers are read from the warehouse.
         again = asyncio.run(_post_waiting(app, ADA, wait_s=1))
-    finally:
-        mover.stop()
 
     assert first.status_code == 200
     assert again.status_code == 202, again.text
