@@ -1,9 +1,10 @@
 """Shared fixtures: every test starts from a clean configuration with its state in its own temp
-folder, a quiet fast sandbox, and the sample CSV."""
+folder, a quiet fast sandbox, and the sample CSV; tests marked ``postgres`` get a real Postgres."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +68,38 @@ def mover(journal: IntakeJournal, settings: Settings) -> JournalMover:
 def anyio_backend() -> str:
     # The intake app's tests run on asyncio, as uvicorn serves it.
     return "asyncio"
+
+
+# A real Postgres server (enrich_pipeline_tests/postgres.py) for the tests marked `postgres`: here
+# rather than in that module so every test file sees the fixtures without importing them.
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test using the server is marked `postgres` even if its file forgot to, so `make test`
+    (-m "not postgres") never starts one. First, before -m deselects."""
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One embedded Postgres server per session (per xdist worker), started by the first test
+    that asks and stopped, its data deleted, when the session ends: the URL of its ``postgres``
+    database (``postgresql+psycopg2://``, over a Unix socket)."""
+    from enrich_pipeline_tests.postgres import embedded_postgres
+
+    with embedded_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """An empty database of the test's own on the session's server, dropped after it: the URL."""
+    from enrich_pipeline_tests.postgres import create_database, drop_database
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = create_database(postgres_url, name)
+    yield url
+    drop_database(postgres_url, name)
