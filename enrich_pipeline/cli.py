@@ -83,10 +83,10 @@ def _forget(args: argparse.Namespace) -> int:
     removed = ", ".join(f"{t} {n}" for t, n in report.rows_removed.items() if n)
     print(f"erased {report.people} person(s): {removed or 'nothing stored'}")
     print(f"  intake journal: {report.journal_entries} entries")
-    if not report.journal_wal_emptied:
+    if not report.wal_emptied:
         print(
-            "  the intake journal's WAL was kept busy by a reader and still holds them until "
-            "its next checkpoint: run the command again when the service is quiet",
+            "  a reader kept the intake journal's or the claims file's WAL busy: it still holds "
+            "them until its next checkpoint; run the command again when the service is quiet",
             file=sys.stderr,
         )
     if report.exports_rewritten:

@@ -37,6 +37,7 @@ from enrich_pipeline.destinations.hubspot import (
     HubSpotClient,
 )
 from enrich_pipeline.field_profiles import field_profile
+from enrich_pipeline.in_flight import claims_path, empty_wal
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import landed_values
 from enrich_pipeline.masking import mask_email
@@ -71,7 +72,7 @@ class ForgetReport:
     people: int = 0
     rows_removed: Counter[str] = field(default_factory=Counter)  # table -> rows, all people
     journal_entries: int = 0
-    journal_wal_emptied: bool = True
+    wal_emptied: bool = True  # the intake journal's and the claims file's
     exports_rewritten: bool = False
     # destination -> what it answered (erased / not_found / failed) -> people
     crm_answers: dict[str, Counter[str]] = field(default_factory=dict)
@@ -134,9 +135,11 @@ def forget(
     for subject in erased:
         report.rows_removed.update(subject.rows_removed)
     identities = {identity for subject in erased for identity in subject.identities}
-    report.journal_entries, report.journal_wal_emptied = _erase_from_journal(
+    report.journal_entries, journal_emptied = _erase_from_journal(
         settings, _is_theirs(emails, identities)
     )
+    # Claims on their look-ups were released long ago; the claims file's WAL may still hold them.
+    report.wal_emptied = journal_emptied and empty_wal(claims_path(settings.warehouse_path))
     if hubspot is not None:
         outcomes = _erase_in_hubspot(hubspot, emails)
         report.crm_answers[HUBSPOT] = Counter(outcome.status for outcome in outcomes)

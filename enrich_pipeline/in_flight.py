@@ -229,6 +229,24 @@ def _drop_owner(db: sqlite3.Connection, owner: str) -> None:
     db.execute("DELETE FROM holders WHERE owner = ?", [owner])
 
 
+def claims_path(warehouse_path: str | Path) -> Path:
+    """Where the claims on a warehouse's look-ups are kept: beside it."""
+    return Path(f"{warehouse_path}.in_flight.sqlite3")
+
+
+def empty_wal(path: Path) -> bool:
+    """Copy the claims file's WAL back and empty it, so released claims (identities, emails
+    among them) are in neither file; False when a reader kept it busy."""
+    if not path.exists():
+        return True
+    db = _open(path)
+    try:
+        (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.close()
+    return not busy
+
+
 def _open(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)

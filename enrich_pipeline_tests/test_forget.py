@@ -25,6 +25,7 @@ from enrich_pipeline.dagster_layer.assets.enriched_persons import PERSON_STEP
 from enrich_pipeline.dagster_layer.enrichment_asset import WindowEnrichment
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.forget import ForgetError, emails_for_hubspot_ids, forget, normalised_emails
+from enrich_pipeline.in_flight import InFlight, claims_path
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import land_from_journal
@@ -443,3 +444,21 @@ def test_a_run_that_selected_them_before_the_erasure_does_not_store_them_again(
 
     assert _theirs_in(settings.warehouse_path, "person_enrichment") == 0
     assert _rows(settings, "SELECT count(*) FROM person_enrichment")[0][0] > 0, "others stored"
+
+
+def test_claims_a_running_service_released_leave_no_trace_in_the_claims_files(
+    tmp_path: Path, settings: Settings
+) -> None:
+    ingest_file(settings.warehouse_path, _csv(tmp_path))
+    # A long-running process (the intake service) that claimed and released her look-up.
+    claims = InFlight(claims_path(settings.warehouse_path))
+    try:
+        claims.release(claims.claim({("person", EMAIL)}))
+        assert _files_holding([tmp_path], "quillfeather"), "the check below could not fail"
+
+        report = forget(settings, [EMAIL], crm=False)
+
+        assert report.wal_emptied
+        assert _files_holding([tmp_path], "quillfeather") == []
+    finally:
+        claims.close()

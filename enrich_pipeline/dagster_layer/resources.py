@@ -17,7 +17,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from enrich_pipeline.field_profiles import FieldProfile, field_profile
-from enrich_pipeline.in_flight import InFlight
+from enrich_pipeline.in_flight import InFlight, claims_path
 from enrich_pipeline.merge_policy import DEFAULT_RULES, MergePolicy
 from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
@@ -64,7 +64,7 @@ class WarehouseResource(SettingsResource, WarehouseSettings):
     def in_flight(self, holder: str) -> InFlight:
         """Claims on look-ups, shared by every process on this machine writing this warehouse,
         in a file beside it."""
-        return InFlight(f"{self.warehouse_path}.in_flight.sqlite3", holder=holder)
+        return InFlight(claims_path(self.warehouse_path), holder=holder)
 
     @contextmanager
     def read(self, max_wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -39,6 +39,12 @@ from enrich_pipeline.warehouse.suppression import add_to_list, keyed_hash, list_
 _RAW_NAME = name_identity_sql(
     landed_name_sql("r"), f"coalesce(r.company_name, {website_domain_sql('r.website')})"
 )
+# The name + company identity a lead of theirs would make without its email: by its company,
+# else its website's domain, else its email's.
+_OWN_NAME = name_identity_sql(
+    landed_name_sql("r"),
+    f"coalesce(r.company_name, {website_domain_sql('r.website')}, split_part($email, '@', 2))",
+)
 
 # Their identities (as clean_contacts.identity spells them), with whether each is theirs
 # alone: only those go on the suppression list.
@@ -56,6 +62,7 @@ WITH own_rows AS (
         FROM clean_contacts WHERE email = $email
     UNION SELECT 'phone:' || phone_e164 FROM own_rows
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM own_rows
+    UNION SELECT {_OWN_NAME} FROM own_rows r
     UNION SELECT 'phone:' || mobile_phone FROM profile
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM profile
 ), others AS (
