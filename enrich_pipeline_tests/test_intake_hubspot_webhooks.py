@@ -27,8 +27,9 @@ from enrich_pipeline.intake.app import create_intake_app
 from enrich_pipeline.intake.hubspot_webhooks import CLIENT_SECRET_SETTING, HubSpotWebhookReceiver
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
+from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.helpers import FakeTime
+from enrich_pipeline_tests.helpers import FakeTime, materialise_range, sandbox_over_http
 
 pytestmark = pytest.mark.anyio
 
@@ -502,7 +503,10 @@ async def test_the_worker_reads_back_what_arrives_while_the_app_runs(
 
 
 async def test_a_suppressed_contact_created_in_hubspot_is_refused_at_landing(
-    client: httpx.AsyncClient, setup: Setup, receiver: HubSpotWebhookReceiver
+    client: httpx.AsyncClient,
+    setup: Setup,
+    receiver: HubSpotWebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert main(["suppress", ADA["email"]]) == 0
     setup.read.mock(side_effect=hubspot_holding({"101": ADA}))
@@ -515,3 +519,11 @@ async def test_a_suppressed_contact_created_in_hubspot_is_refused_at_landing(
         refused = con.execute("SELECT reason, original FROM quarantine").fetchall()
     assert refused == [("suppressed", None)]
     assert setup.journal.read_after(0, 10) == [], "nothing of hers is kept in the journal"
+    # Nor is she looked up: a run over her creation day asks the provider nothing.
+    with sandbox_over_http(SandboxConfig(accepted_api_key="key")) as provider:
+        monkeypatch.setenv("DATA_LEGION_API_KEY", "key")
+        settings = Settings(base_url=provider)
+        await anyio.to_thread.run_sync(
+            lambda: materialise_range(settings, "2025-10-01", "2025-10-09")
+        )
+        assert httpx.get(f"{provider}/_sandbox/stats").json()["requests_total"] == 0
