@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import uvicorn
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
@@ -67,6 +68,12 @@ def materialise_range(
         },
         raise_on_error=raise_on_error,
     )
+
+
+def rows_of(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    """What ``sql`` reads from the test's warehouse, on a read-only connection."""
+    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+        return con.execute(sql).fetchall()
 
 
 def metadata_of(result: ExecuteInProcessResult, asset: str) -> dict[str, object]:

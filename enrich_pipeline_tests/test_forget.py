@@ -38,6 +38,7 @@ from enrich_pipeline_tests.conftest import REPO
 from enrich_pipeline_tests.helpers import (
     held_by_another_process,
     materialise_range,
+    rows_of,
     served_over_http,
 )
 
@@ -402,23 +403,18 @@ def test_what_they_share_with_someone_else_is_neither_erased_nor_suppressed(
 
     assert report.rows_removed["raw_contacts"] == 1
     assert report.rows_removed["quarantine"] == 0
-    emails = {row[0] for row in _rows(settings, "SELECT email FROM raw_contacts")}
+    emails = {row[0] for row in rows_of(settings, "SELECT email FROM raw_contacts")}
     assert emails == {"bob@acme.com", None}, "Bob and the front desk's lead stay"
-    kept = {row[0] for row in _rows(settings, "SELECT original->>'Email' FROM quarantine")}
+    kept = {row[0] for row in rows_of(settings, "SELECT original->>'Email' FROM quarantine")}
     assert kept == {"mojo@acme.com", "jo@acme.com.au"}
     key = load_key(settings.warehouse_path)
-    listed = {row[0] for row in _rows(settings, "SELECT key_hash FROM suppression_list")}
+    listed = {row[0] for row in rows_of(settings, "SELECT key_hash FROM suppression_list")}
     assert keyed_hash(key, "jo@acme.com") in listed
     assert keyed_hash(key, "name:jo smith|acme") in listed
     assert keyed_hash(key, "phone:+12127364180") not in listed
     again = tmp_path / "incoming" / "again.csv"
     again.write_text("Email,Phone Number,Create Date\nbob@acme.com,212 736 4180,2026-09-03\n")
     assert ingest_file(settings.warehouse_path, again).accepted == 1
-
-
-def _rows(settings: Settings, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def test_a_run_that_selected_them_before_the_erasure_does_not_store_them_again(
@@ -443,7 +439,7 @@ def test_a_run_that_selected_them_before_the_erasure_does_not_store_them_again(
     )
 
     assert _theirs_in(settings.warehouse_path, "person_enrichment") == 0
-    assert _rows(settings, "SELECT count(*) FROM person_enrichment")[0][0] > 0, "others stored"
+    assert rows_of(settings, "SELECT count(*) FROM person_enrichment")[0][0] > 0, "others stored"
 
 
 def test_claims_a_running_service_released_leave_no_trace_in_the_claims_files(

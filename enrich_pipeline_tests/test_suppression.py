@@ -19,7 +19,12 @@ from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.suppression import identifier_key, keyed_hash, load_key
-from enrich_pipeline_tests.helpers import materialise_range, sandbox_over_http, write_small_csv
+from enrich_pipeline_tests.helpers import (
+    materialise_range,
+    rows_of,
+    sandbox_over_http,
+    write_small_csv,
+)
 
 ADA = "ada.lovelace@analytical-engines.io"  # twice in the small CSV, once with a phone
 LANDED = """Email,First Name,Phone Number,LinkedIn URL,Company Name,Create Date
@@ -30,11 +35,6 @@ def _land(folder: Path, settings: Settings, *rows: str) -> dict[str, int]:
     path = folder / "incoming.csv"
     path.write_text(LANDED.format(rows="\n".join(rows)) + "\n", encoding="utf-8")
     return ingest_file(settings.warehouse_path, path).quarantine_reasons
-
-
-def _table(settings: Settings, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def test_a_suppressed_person_is_refused_at_landing_and_nothing_of_them_is_kept(
@@ -54,14 +54,14 @@ def test_a_suppressed_person_is_refused_at_landing_and_nothing_of_them_is_kept(
     )
 
     assert reasons == {"suppressed": 4, "unparseable date": 1}
-    assert _table(settings, "SELECT email FROM raw_contacts") == [("alan@turing.example",)]
-    refused = _table(
+    assert rows_of(settings, "SELECT email FROM raw_contacts") == [("alan@turing.example",)]
+    refused = rows_of(
         settings,
         "SELECT original, field, source_row FROM quarantine WHERE reason = 'suppressed'",
     )
     assert refused == [(None, None, row) for row in (1, 2, 3, 4)]
     # The rows refused for any other reason keep their values, as always.
-    assert "grace@navy.example" in str(_table(settings, "SELECT original FROM quarantine"))
+    assert "grace@navy.example" in str(rows_of(settings, "SELECT original FROM quarantine"))
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_the_list_holds_keyed_hashes_never_the_identifiers(
     assert main(["suppress", "ADA@acme.io"]) == 0
     assert "0 added to the suppression list (1 already on it)" in capsys.readouterr().out
 
-    rows = _table(settings, "SELECT key_hash, kind, reason FROM suppression_list ORDER BY kind")
+    rows = rows_of(settings, "SELECT key_hash, kind, reason FROM suppression_list ORDER BY kind")
     key = load_key(settings.warehouse_path)
     assert rows == [
         (keyed_hash(key, "domain:rival.com"), "domain", "suppressed"),
@@ -147,22 +147,17 @@ def test_a_person_suppressed_after_landing_is_never_looked_up_or_exported_again(
         con.execute("UPDATE company_enrichment SET enriched_at = ?", [long_ago])
     materialise_range(settings, "2026-09-01", "2026-09-03")
 
-    refreshed = _table(
+    refreshed = rows_of(
         settings,
         f"SELECT (SELECT count(*) FROM person_enrichment WHERE enriched_at > '{long_ago}') "
         f"+ (SELECT count(*) FROM company_enrichment WHERE enriched_at > '{long_ago}')",
     )[0][0]
     assert _look_ups(provider) - first == refreshed
-    assert _table(
-        settings, f"SELECT enriched_at FROM person_enrichment WHERE identity = '{ADA}'"
-    ) == [(long_ago,)]
+    hers = f"SELECT enriched_at FROM person_enrichment WHERE identity = '{ADA}'"
+    assert rows_of(settings, hers) == [(long_ago,)]
     assert ADA not in export.read_text(encoding="utf-8")
-    assert (
-        _table(settings, f"SELECT count(*) FROM raw_contacts WHERE lower(email) LIKE '%{ADA}%'")[0][
-            0
-        ]
-        == 2
-    ), "suppressing erases nothing"
+    landed = f"SELECT count(*) FROM raw_contacts WHERE lower(email) LIKE '%{ADA}%'"
+    assert rows_of(settings, landed) == [(2,)], "suppressing erases nothing"
 
 
 def test_a_suppressed_person_landed_by_file_costs_no_look_up(tmp_path: Path, provider: str) -> None:
@@ -171,13 +166,13 @@ def test_a_suppressed_person_landed_by_file_costs_no_look_up(tmp_path: Path, pro
     ingest_file(settings.warehouse_path, write_small_csv(tmp_path))
     materialise_range(settings, "2026-09-01", "2026-09-03")
 
-    stored = _table(
+    stored = rows_of(
         settings,
         "SELECT (SELECT count(*) FROM person_enrichment) "
         "+ (SELECT count(*) FROM company_enrichment)",
     )[0][0]
     assert _look_ups(provider) == stored
-    assert _table(settings, f"SELECT * FROM person_enrichment WHERE identity = '{ADA}'") == []
+    assert rows_of(settings, f"SELECT * FROM person_enrichment WHERE identity = '{ADA}'") == []
 
 
 # --- the intake service ---------------------------------------------------------------------
@@ -204,8 +199,8 @@ async def test_a_suppressed_lead_posted_to_the_intake_is_refused_and_leaves_the_
 
     # Accepted like any lead (the caller learns nothing), then refused at landing.
     assert answer.status_code == 202
-    assert _table(settings, "SELECT email FROM raw_contacts") == [("ada@acme.io",)]
-    assert _table(settings, "SELECT reason, original FROM quarantine") == [("suppressed", None)]
+    assert rows_of(settings, "SELECT email FROM raw_contacts") == [("ada@acme.io",)]
+    assert rows_of(settings, "SELECT reason, original FROM quarantine") == [("suppressed", None)]
     assert [entry.lead for entry in journal.read_after(0, 10)] == [{"email": "ada@acme.io"}]
     assert b"spy@rival.com" not in Path(settings.intake_journal_path).read_bytes()
 
