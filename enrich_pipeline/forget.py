@@ -45,7 +45,6 @@ from enrich_pipeline.normalise import normalise_email, normalise_phone
 from enrich_pipeline.settings import PipelineSettings, Settings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import connect, transaction
-from enrich_pipeline.warehouse.contacts import linkedin_slug, website_domain
 from enrich_pipeline.warehouse.crm_sync import HUBSPOT, SYNC_STATE_DDL
 from enrich_pipeline.warehouse.erasure import (
     ERASED_TABLES,
@@ -55,6 +54,7 @@ from enrich_pipeline.warehouse.erasure import (
     record_crm_answers,
     rewritten,
 )
+from enrich_pipeline.warehouse.identities import linkedin_slug, website_domain
 
 log = logging.getLogger(__name__)
 

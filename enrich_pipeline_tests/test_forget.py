@@ -458,3 +458,21 @@ def test_claims_a_running_service_released_leave_no_trace_in_the_claims_files(
         assert _files_holding([tmp_path], "quillfeather") == []
     finally:
         claims.close()
+
+
+def test_a_phone_another_person_landed_is_not_suppressed_before_their_day_is_built(
+    tmp_path: Path, settings: Settings
+) -> None:
+    _land_and_run(tmp_path, settings)
+    later = tmp_path / "incoming" / "bob.csv"
+    later.write_text("Email,Phone Number,Create Date\nbob@acme.com,212-736-4180,2026-09-05\n")
+    ingest_file(settings.warehouse_path, later)  # landed, not built yet
+
+    forget(settings, [EMAIL], crm=False)
+
+    listed = {row[0] for row in rows_of(settings, "SELECT key_hash FROM suppression_list")}
+    key = load_key(settings.warehouse_path)
+    assert keyed_hash(key, EMAIL) in listed
+    assert keyed_hash(key, "phone:+12127364180") not in listed
+    materialise_range(settings, "2026-09-05", "2026-09-05")
+    assert rows_of(settings, "SELECT email FROM crm_contacts WHERE email = 'bob@acme.com'")

@@ -21,6 +21,7 @@ from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.suppression import identifier_key, keyed_hash, load_key
 from enrich_pipeline_tests.helpers import (
     materialise_range,
+    metadata_of,
     rows_of,
     sandbox_over_http,
     write_small_csv,
@@ -218,3 +219,27 @@ def test_a_suppressed_phone_keeps_its_record_out_of_the_export(
 
     text = export.read_text(encoding="utf-8")
     assert ADA not in text and "grace@gmail.com" in text
+
+
+def test_a_row_landing_did_not_recognise_is_refused_when_its_day_is_built(
+    tmp_path: Path, settings: Settings
+) -> None:
+    assert main(["suppress", "+1 212 736 4180"]) == 0
+    # Landing reads a phone's digits (here it sees an eleventh, the extension's); validation
+    # reads it with the numbering plan's library, as +12127364180.
+    path = tmp_path / "odd.csv"
+    path.write_text(
+        "Email,First Name,Phone Number,Create Date\n"
+        '"",Jo,"(212) 736-4180, ext. 5.",2026-09-01 10:00:00\n'
+        "grace@gmail.com,Grace,,2026-09-01 12:00:00\n",
+        encoding="utf-8",
+    )
+    assert ingest_file(settings.warehouse_path, path).accepted == 2
+    materialise_range(settings, "2026-09-01", "2026-09-01")
+
+    assert rows_of(settings, "SELECT email FROM raw_contacts") == [("grace@gmail.com",)]
+    assert rows_of(settings, "SELECT reason, original FROM quarantine") == [("suppressed", None)]
+    assert rows_of(settings, "SELECT identity FROM clean_contacts") == [("grace@gmail.com",)]
+    # Built from what is left, the day is not built again.
+    again = materialise_range(settings, "2026-09-01", "2026-09-01")
+    assert metadata_of(again, "clean_contacts")["days_rebuilt"] == 0

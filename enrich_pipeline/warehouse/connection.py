@@ -225,6 +225,15 @@ def is_held(path: Path) -> bool:
         return bool(_keepers) and str(path.resolve()) in _keepers
 
 
+def sync_folder(folder: Path) -> None:
+    """Make a file created or renamed in ``folder`` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Run the block as one transaction: committed when it finishes, rolled back when it raises.

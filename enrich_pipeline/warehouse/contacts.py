@@ -6,7 +6,6 @@ append-only, so a day's row count and highest ingest id say whether anything arr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -17,6 +16,16 @@ import pandas as pd
 
 from enrich_pipeline.normalise import FREE_MAIL_DOMAINS, normalise_email, normalise_phone
 from enrich_pipeline.warehouse.connection import transaction
+from enrich_pipeline.warehouse.identities import (
+    LINKEDIN_PROFILE_PREFIX,
+    landed_name_sql,
+    linkedin_slug,
+    name_identity_sql,
+    slug_sql,
+    website_domain,
+    website_domain_sql,
+)
+from enrich_pipeline.warehouse.suppression import SUPPRESSED, suppressed_sql
 
 # Bump when the validation or normalisation rules change, so every day is rebuilt once.
 RULES_VERSION = 1
@@ -100,38 +109,10 @@ def check_new_rows(con: duckdb.DuckDBPyConnection, start: date, end: date, now: 
     return len(checks)
 
 
-# Read alike by the window's SQL (RE2) and by ``clean_contact`` (Python's re): whitespace is
-# spelled out, as the two engines' \s differ.
-LINKEDIN_SLUG_PATTERN = r"linkedin\.com/in/([^/?#\t\n\f\r ]+)"
-WEBSITE_DOMAIN_PATTERN = r"^(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)+)"
-LINKEDIN_PROFILE_PREFIX = "https://www.linkedin.com/in/"
-
 _NO_IDENTIFIER = (
     "no usable identifier: needs a valid email, a valid phone, a LinkedIn profile URL, "
     "or a name with a company"
 )
-
-
-def slug_sql(url: str) -> str:
-    """The LinkedIn profile of a URL expression, as ``linkedin_slug`` reads it."""
-    return f"nullif(regexp_extract(lower({url}), '{LINKEDIN_SLUG_PATTERN}', 1), '')"
-
-
-def landed_name_sql(row: str) -> str:
-    """A landed row's name: its full name, else first and last (``row`` is its alias)."""
-    return (
-        f"nullif(trim(coalesce({row}.full_name, concat_ws(' ', {row}.first_name, "
-        f"{row}.last_name))), '')"
-    )
-
-
-def website_domain_sql(website: str) -> str:
-    return f"nullif(regexp_extract(lower(trim({website})), '{WEBSITE_DOMAIN_PATTERN}', 1), '')"
-
-
-def name_identity_sql(name: str, company: str) -> str:
-    """The identity of a lead known by name and company (``name:ada lovelace|acme``)."""
-    return f"'name:' || lower({name}) || '|' || lower({company})"
 
 
 # Window rows with everything derived that validation and dedupe need. Identity is the
@@ -284,22 +265,6 @@ def clean_contact(landed: Mapping[str, str | None], received_at: datetime) -> di
     }
 
 
-def website_domain(website: str | None) -> str | None:
-    """A website's domain, as the window's SQL reads it."""
-    return _found(WEBSITE_DOMAIN_PATTERN, (website or "").strip(" "))
-
-
-def linkedin_slug(url: str | None) -> str | None:
-    """The profile of a LinkedIn URL, as the window's SQL reads it."""
-    return _found(LINKEDIN_SLUG_PATTERN, url or "")
-
-
-def _found(pattern: str, text: str) -> str | None:
-    """``nullif(regexp_extract(lower(text), pattern, 1), '')``."""
-    found = re.search(pattern, text.lower())
-    return (found.group(1) or None) if found else None
-
-
 def rebuild_clean_contacts(
     con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime
 ) -> CleanReport:
@@ -315,6 +280,7 @@ def rebuild_clean_contacts(
             con.execute(
                 _WINDOW_ROWS, {"start": start, "end": end, "free_mail": sorted(FREE_MAIL_DOMAINS)}
             )
+            _refuse_suppressed(con, start, end, now)
             for table in ("quarantine", "clean_contacts", "contact_builds"):
                 stage = "stage = 'validate' AND " if table == "quarantine" else ""
                 con.execute(
@@ -331,6 +297,55 @@ def rebuild_clean_contacts(
         con.execute("DROP TABLE window_rows")
     con.execute("DROP TABLE changed_days")
     return _window_report(con, start, end, rows_checked, days_rebuilt)
+
+
+# A suppressed person's row that landing did not recognise (a phone written another way):
+# refused as landing refuses, keeping no values, before anything is built from it.
+_REFUSED = f"""
+INSERT INTO quarantine (stage, source, source_file, source_row, partition_date, reason,
+                        quarantined_at)
+SELECT 'ingest', source, source_file, source_row, partition_date, '{SUPPRESSED}', $now
+FROM window_rows WHERE refused
+"""
+
+
+def _refuse_suppressed(
+    con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime
+) -> None:
+    """Take the window's rows of suppressed people out: quarantined with no values, deleted
+    from ``raw_contacts``, and the days' landed counts taken again."""
+    keys = [
+        "email_norm",
+        "'domain:' || split_part(email_norm, '@', 2)",
+        "lower(nullif(regexp_extract(email, '<([^<>]+)>', 1), ''))",
+        "'phone:' || phone_e164",
+        "'social:' || linkedin_slug",
+        name_identity_sql("name_norm", "coalesce(company_name, company_domain)"),
+    ]
+    suppressed = suppressed_sql(con, keys)
+    if suppressed == "false":
+        return
+    con.execute("ALTER TABLE window_rows ADD COLUMN refused BOOLEAN DEFAULT false")
+    con.execute(f"UPDATE window_rows SET refused = {suppressed}")
+    if not con.execute("SELECT bool_or(refused) FROM window_rows").fetchone()[0]:  # type: ignore[index]
+        return
+    con.execute(_REFUSED, {"now": now})
+    refused = "SELECT ingest_id FROM window_rows WHERE refused"
+    for table in ("contact_checks", "raw_contacts"):
+        con.execute(f"DELETE FROM {table} WHERE ingest_id IN ({refused})")
+    con.execute("DELETE FROM window_rows WHERE refused")
+    # What the day was built from is what is left of it.
+    con.execute(
+        """
+        UPDATE changed_days d SET landed_rows = n, max_ingest_id = m
+        FROM (
+            SELECT CAST(received_at AS DATE) AS day, count(*) AS n, max(ingest_id) AS m
+            FROM raw_contacts WHERE received_at >= $start AND received_at < $end GROUP BY ALL
+        ) left_over
+        WHERE left_over.day = d.partition_date
+        """,
+        {"start": start, "end": end},
+    )
 
 
 def _window_report(

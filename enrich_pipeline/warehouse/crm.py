@@ -91,7 +91,9 @@ LEFT JOIN (
 ) jc USING (identity)
 LEFT JOIN company_enrichment co ON co.domain = {COMPANY_DOMAIN_SQL}
 )
-SELECT * EXCLUDE (suppressed) FROM leads
+SELECT * EXCLUDE (suppressed) FROM leads {{unsuppressed}}
+"""
+_UNSUPPRESSED = """
 WHERE NOT suppressed
   AND (crm_email IS NULL
        OR crm_email NOT IN (SELECT crm_email FROM leads WHERE suppressed AND crm_email IS NOT NULL))
@@ -209,7 +211,10 @@ def merge_crm_contacts(
     delete-then-insert by email. Records whose email no lead produces any more are removed."""
     window = {"start": start, "end": end}
     keys = [*clean_contact_keys_sql("c"), "lower(trim(p.work_email))"]
-    con.execute(_LEADS.format(suppressed=suppressed_sql(con, keys)))
+    suppressed = suppressed_sql(con, keys)
+    # With nobody suppressed, no filter: the leads are then not materialised twice.
+    filtered = "" if suppressed == "false" else _UNSUPPRESSED
+    con.execute(_LEADS.format(suppressed=suppressed, unsuppressed=filtered))
     con.execute(_WINDOW_EMAILS, window)
     con.execute(_DIRTY_EMAILS, {"policy": policy.fingerprint})
     con.execute(_merged_sql(policy), {"now": now, "policy": policy.fingerprint})

@@ -25,54 +25,64 @@ from pathlib import Path
 
 import duckdb
 
-from enrich_pipeline.warehouse.connection import connect, is_held, swap_lock
-from enrich_pipeline.warehouse.contacts import (
-    check_new_rows,
+from enrich_pipeline.warehouse.connection import connect, is_held, swap_lock, sync_folder
+from enrich_pipeline.warehouse.contacts import check_new_rows
+from enrich_pipeline.warehouse.crm_sync import SYNC_STATE_DDL
+from enrich_pipeline.warehouse.identities import (
     landed_name_sql,
     name_identity_sql,
     slug_sql,
     website_domain_sql,
 )
-from enrich_pipeline.warehouse.crm_sync import SYNC_STATE_DDL
 from enrich_pipeline.warehouse.suppression import add_to_list, keyed_hash, list_key
 
 _RAW_NAME = name_identity_sql(
     landed_name_sql("r"), f"coalesce(r.company_name, {website_domain_sql('r.website')})"
 )
-# The name + company identity a lead of theirs would make without its email: by its company,
-# else its website's domain, else its email's.
-_OWN_NAME = name_identity_sql(
-    landed_name_sql("r"),
-    f"coalesce(r.company_name, {website_domain_sql('r.website')}, split_part($email, '@', 2))",
-)
+
+
+def _landed_keys(rows: str) -> str:
+    """The phone, LinkedIn and name + company identities landed rows (``rows``: a condition
+    on ``r`` and its checks ``c``) can be known by; the name with each company a row gives
+    (its company, its website's domain, its email's domain)."""
+    landed = f"FROM raw_contacts r JOIN contact_checks c USING (ingest_id) WHERE {rows}"
+    companies = (
+        "r.company_name",
+        website_domain_sql("r.website"),
+        "nullif(split_part(c.email, '@', 2), '')",
+    )
+    names = "\n    ".join(
+        f"UNION SELECT {name_identity_sql(landed_name_sql('r'), company)} {landed}"
+        for company in companies
+    )
+    return f"""SELECT 'phone:' || c.phone AS identity {landed}
+    UNION SELECT 'social:' || {slug_sql("r.linkedin_url")} {landed}
+    {names}"""
+
+
+_CLEAN_NAME = name_identity_sql("full_name", "coalesce(company_name, company_domain)")
 
 # Their identities (as clean_contacts.identity spells them), with whether each is theirs
 # alone: only those go on the suppression list.
 _IDENTITIES = f"""
 CREATE OR REPLACE TEMP TABLE __erase_identities AS
-WITH own_rows AS (
-    SELECT r.*, c.phone AS phone_e164
-    FROM raw_contacts r JOIN contact_checks c USING (ingest_id) WHERE c.email = $email
-), profile AS (
+WITH profile AS (
     SELECT * FROM person_enrichment WHERE identity = $email
 ), candidates AS (
-    SELECT 'phone:' || phone AS identity FROM clean_contacts WHERE email = $email
+    {_landed_keys("c.email = $email")}
+    UNION SELECT 'phone:' || phone FROM clean_contacts WHERE email = $email
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM clean_contacts WHERE email = $email
-    UNION SELECT {name_identity_sql("full_name", "coalesce(company_name, company_domain)")}
-        FROM clean_contacts WHERE email = $email
-    UNION SELECT 'phone:' || phone_e164 FROM own_rows
-    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM own_rows
-    UNION SELECT {_OWN_NAME} FROM own_rows r
+    UNION SELECT {_CLEAN_NAME} FROM clean_contacts WHERE email = $email
     UNION SELECT 'phone:' || mobile_phone FROM profile
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM profile
 ), others AS (
-    -- What leads and profiles of other emails carry.
-    SELECT 'phone:' || phone AS identity FROM clean_contacts
+    -- What leads (built or not) and profiles of other emails carry.
+    {_landed_keys("c.email IS NOT NULL AND c.email <> $email")}
+    UNION SELECT 'phone:' || phone FROM clean_contacts
         WHERE email IS NOT NULL AND email <> $email
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM clean_contacts
         WHERE email IS NOT NULL AND email <> $email
-    UNION SELECT {name_identity_sql("full_name", "coalesce(company_name, company_domain)")}
-        FROM clean_contacts WHERE email IS NOT NULL AND email <> $email
+    UNION SELECT {_CLEAN_NAME} FROM clean_contacts WHERE email IS NOT NULL AND email <> $email
     UNION SELECT 'phone:' || mobile_phone FROM person_enrichment
         WHERE identity_type = 'email' AND identity <> $email
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM person_enrichment
@@ -181,7 +191,7 @@ def erase_subject(
 def email_pattern(email: str) -> str:
     """A regular expression finding the address in a text, not inside a longer one
     (``jo@acme.com`` is not in ``mojo@acme.com`` or ``jo@acme.com.au``)."""
-    return rf"(^|[^a-z0-9._%+-]){re.escape(email)}($|[^a-z0-9.-]|\.($|[^a-z0-9-]))"
+    return rf"(^|[^a-z0-9.!#$%&'*+/=?^_`{{|}}~-]){re.escape(email)}($|[^a-z0-9.-]|\.($|[^a-z0-9-]))"
 
 
 def check_all_rows(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
@@ -259,7 +269,7 @@ def rewritten(
                 _same_owner_and_mode(path, fresh)
                 swap.enter_context(swap_lock(path, exclusive=True))
             os.replace(fresh, path)
-            _sync_folder(path.parent)
+            sync_folder(path.parent)
     finally:
         for partial in (fresh, fresh.with_name(fresh.name + ".wal")):
             partial.unlink(missing_ok=True)
@@ -271,12 +281,3 @@ def _same_owner_and_mode(original: Path, copy: Path) -> None:
     os.chmod(copy, stat.S_IMODE(status.st_mode))
     with contextlib.suppress(PermissionError):
         os.chown(copy, status.st_uid, status.st_gid)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

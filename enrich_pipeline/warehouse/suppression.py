@@ -27,7 +27,8 @@ from typing import Any
 import duckdb
 
 from enrich_pipeline.normalise import normalise_email, normalise_phone
-from enrich_pipeline.warehouse.contacts import LINKEDIN_SLUG_PATTERN, linkedin_slug
+from enrich_pipeline.warehouse.connection import sync_folder
+from enrich_pipeline.warehouse.identities import linkedin_slug, slug_sql
 
 KEY_FILE_SUFFIX = ".suppression.key"
 KEY_BYTES = 32
@@ -121,6 +122,7 @@ def _write_new_key(path: Path) -> None:
             os.fsync(out.fileno())
         with contextlib.suppress(FileExistsError):
             os.link(partial, path)
+        sync_folder(path.parent)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -243,14 +245,16 @@ def email_keys_sql(email: str) -> list[str]:
 
 
 def linkedin_key_sql(url: str) -> str:
-    return f"'social:' || nullif(regexp_extract(lower({url}), '{LINKEDIN_SLUG_PATTERN}', 1), '')"
+    return f"'social:' || {slug_sql(url)}"
 
 
 def clean_contact_keys_sql(alias: str) -> list[str]:
-    """Keys of a ``clean_contacts`` row: identity, email and its domain, phone, LinkedIn."""
+    """Keys of a ``clean_contacts`` row: identity, email and its domain, the company's domain,
+    phone, LinkedIn."""
     return [
         f"{alias}.identity",
         *email_keys_sql(f"{alias}.email"),
+        f"'domain:' || {alias}.company_domain",
         f"'phone:' || {alias}.phone",
         linkedin_key_sql(f"{alias}.linkedin_url"),
     ]
@@ -272,11 +276,14 @@ def landed_keys_sql() -> list[str]:
     as validation reads it), the LinkedIn profile, and name + company for a row with nothing
     else. Validation's library checks come later; what they normalise differently is caught
     by the gates on ``clean_contacts``."""
-    email = "lower(trim(email, chr(32) || chr(9) || chr(10) || chr(13) || chr(160)))"
-    # An extension ("ext. 12", "x12", "#12") is no part of the number, nor a "(0)" trunk
-    # prefix after a country code.
+    # "Jane <jane@acme.com>" is her address too.
+    address = "coalesce(nullif(regexp_extract(email, '<([^<>]+)>', 1), ''), email)"
+    email = f"lower(trim({address}, chr(32) || chr(9) || chr(10) || chr(13) || chr(160)))"
+    # An extension ("ext. 12", "extension 12", "x12", "#12", ";ext=12") is no part of the
+    # number, nor a "(0)" trunk prefix after a country code.
     number = (
-        "regexp_replace(regexp_replace(phone, '(?i)\\s*(ext\\.?|x|#)\\s*[0-9]+\\s*$', ''), "
+        "regexp_replace(regexp_replace(phone, "
+        "'(?i)\\s*[,;]?\\s*(extension|ext\\.?|ext=|x|#)\\s*[0-9]+\\s*$', ''), "
         "'\\(0\\)', '')"
     )
     digits = f"regexp_replace({number}, '[^0-9]', '', 'g')"
