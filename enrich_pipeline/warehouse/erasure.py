@@ -29,6 +29,7 @@ from enrich_pipeline.warehouse.connection import connect, is_held, swap_lock, sy
 from enrich_pipeline.warehouse.contacts import check_new_rows
 from enrich_pipeline.warehouse.crm_sync import SYNC_STATE_DDL
 from enrich_pipeline.warehouse.identities import (
+    LINKEDIN_PROFILE_PREFIX,
     landed_name_sql,
     name_identity_sql,
     slug_sql,
@@ -75,18 +76,31 @@ WITH profile AS (
     UNION SELECT {_CLEAN_NAME} FROM clean_contacts WHERE email = $email
     UNION SELECT 'phone:' || mobile_phone FROM profile
     UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM profile
+), wanted AS (
+    SELECT
+        coalesce(list(substr(identity, 7)) FILTER (WHERE identity ^@ 'phone:'), []) AS phones,
+        coalesce(list(substr(identity, 8)) FILTER (WHERE identity ^@ 'social:'), []) AS slugs,
+        coalesce(list(split_part(substr(identity, 6), '|', 1))
+            FILTER (WHERE identity ^@ 'name:'), []) AS names
+    FROM candidates
 ), others AS (
-    -- What leads (built or not) and profiles of other emails carry.
-    {_landed_keys("c.email IS NOT NULL AND c.email <> $email")}
-    UNION SELECT 'phone:' || phone FROM clean_contacts
+    -- What leads (phones: built or not) and profiles of other emails carry, looked for only
+    -- where a candidate could be: a pass over every lead per person costs seconds at a million.
+    SELECT 'phone:' || c.phone AS identity FROM contact_checks c, wanted w
+        WHERE c.email IS NOT NULL AND c.email <> $email AND list_contains(w.phones, c.phone)
+    UNION SELECT 'phone:' || phone FROM clean_contacts, wanted
+        WHERE email IS NOT NULL AND email <> $email AND list_contains(phones, phone)
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM clean_contacts, wanted
         WHERE email IS NOT NULL AND email <> $email
-    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM clean_contacts
-        WHERE email IS NOT NULL AND email <> $email
-    UNION SELECT {_CLEAN_NAME} FROM clean_contacts WHERE email IS NOT NULL AND email <> $email
-    UNION SELECT 'phone:' || mobile_phone FROM person_enrichment
+          AND list_contains(slugs, replace(linkedin_url, '{LINKEDIN_PROFILE_PREFIX}', ''))
+    UNION SELECT {_CLEAN_NAME} FROM clean_contacts, wanted
+        WHERE email IS NOT NULL AND email <> $email AND list_contains(names, lower(full_name))
+    UNION SELECT 'phone:' || mobile_phone FROM person_enrichment, wanted
         WHERE identity_type = 'email' AND identity <> $email
-    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM person_enrichment
+          AND list_contains(phones, mobile_phone)
+    UNION SELECT 'social:' || {slug_sql("linkedin_url")} FROM person_enrichment, wanted
         WHERE identity_type = 'email' AND identity <> $email
+          AND len(list_filter(slugs, lambda slug: contains(lower(linkedin_url), slug))) > 0
 )
 SELECT $email AS identity, true AS theirs_alone
 UNION
