@@ -20,11 +20,12 @@ def slug_sql(url: str) -> str:
     return f"nullif(regexp_extract(lower({url}), '{LINKEDIN_SLUG_PATTERN}', 1), '')"
 
 
-def landed_name_sql(row: str) -> str:
-    """A landed row's name: its full name, else first and last (``row`` is its alias)."""
+def landed_name_sql(row: str | None = None) -> str:
+    """A landed row's name: its full name, else first and last (``row`` is its alias, if the
+    columns need one)."""
+    at = f"{row}." if row else ""
     return (
-        f"nullif(trim(coalesce({row}.full_name, concat_ws(' ', {row}.first_name, "
-        f"{row}.last_name))), '')"
+        f"nullif(trim(coalesce({at}full_name, concat_ws(' ', {at}first_name, {at}last_name))), '')"
     )
 
 

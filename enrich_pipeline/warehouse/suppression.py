@@ -28,7 +28,12 @@ import duckdb
 
 from enrich_pipeline.normalise import normalise_email, normalise_phone
 from enrich_pipeline.warehouse.connection import sync_folder
-from enrich_pipeline.warehouse.identities import linkedin_slug, slug_sql
+from enrich_pipeline.warehouse.identities import (
+    landed_name_sql,
+    linkedin_slug,
+    name_identity_sql,
+    slug_sql,
+)
 
 KEY_FILE_SUFFIX = ".suppression.key"
 KEY_BYTES = 32
@@ -293,7 +298,6 @@ def landed_keys_sql() -> list[str]:
         WHEN length({digits}) = 10 THEN '+1' || {digits}
         WHEN length({digits}) = 11 AND starts_with({digits}, '1') THEN '+' || {digits}
     END"""
-    name = "nullif(trim(coalesce(full_name, concat_ws(' ', first_name, last_name))), '')"
     name_key = f"""CASE WHEN email IS NULL AND phone IS NULL AND linkedin_url IS NULL
-        THEN 'name:' || lower({name}) || '|' || lower(company_name) END"""
+        THEN {name_identity_sql(landed_name_sql(), "company_name")} END"""
     return [*email_keys_sql(email), phone, linkedin_key_sql("linkedin_url"), name_key]
