@@ -15,7 +15,7 @@ from enrich_pipeline.dagster_layer.run_workers import fail_dead_runs
 from enrich_pipeline.destinations.files import export_paths
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import SettingError, Settings
-from enrich_pipeline.warehouse.connection import connect
+from enrich_pipeline.warehouse.connection import connect, describe
 
 SAMPLE = Path("data/sample_contacts.csv")
 
@@ -125,7 +125,7 @@ def main() -> int:
     )
     print(f"  export, HubSpot CSV {csv_path.resolve()}")
     print(f"  export, Parquet     {parquet_path.resolve()}")
-    print(f"  warehouse           {Path(settings.warehouse_path).resolve()}")
+    print(f"  warehouse           {describe(settings.warehouse_path)}")
     print(
         "  next                `make dev`: the Dagster UI on http://127.0.0.1:3000 and the "
         "intake API on http://127.0.0.1:8000/docs"

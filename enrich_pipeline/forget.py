@@ -45,7 +45,8 @@ from enrich_pipeline.normalise import normalise_email, normalise_phone
 from enrich_pipeline.settings import PipelineSettings, Settings
 from enrich_pipeline.settings_base import env_name
 from enrich_pipeline.warehouse.connection import connect, transaction
-from enrich_pipeline.warehouse.crm_sync import HUBSPOT, SYNC_STATE_DDL
+from enrich_pipeline.warehouse.connection import exists as warehouse_exists
+from enrich_pipeline.warehouse.crm_sync import HUBSPOT
 from enrich_pipeline.warehouse.erasure import (
     ERASED_TABLES,
     check_all_rows,
@@ -55,6 +56,7 @@ from enrich_pipeline.warehouse.erasure import (
     rewritten,
 )
 from enrich_pipeline.warehouse.identities import linkedin_slug, website_domain
+from enrich_pipeline.warehouse.schema import SYNC_STATE_DDL
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ def emails_for_hubspot_ids(settings: Settings, ids: Collection[str]) -> list[str
     """The emails of these HubSpot contact ids, from what the pipeline sent HubSpot and what
     it landed from HubSpot's webhooks; ids it never knew are not in the answer."""
     found: dict[str, None] = {}
-    if Path(settings.warehouse_path).exists():
+    if warehouse_exists(settings.warehouse_path):
         with connect(settings.warehouse_path) as con:
             con.execute(SYNC_STATE_DDL)
             rows = con.execute(

@@ -24,6 +24,7 @@ from enrich_pipeline.column_mapping import (
     ColumnMappingError,
     map_columns,
 )
+from enrich_pipeline.warehouse import postgres
 from enrich_pipeline.warehouse.connection import connect, transaction
 from enrich_pipeline.warehouse.suppression import SUPPRESSED, landed_keys_sql, suppressed_sql
 
@@ -393,10 +394,16 @@ def land_checked(
     contact_list = ", ".join(CONTACT_COLUMNS)
     # Ids are drawn from the table's own sequence in file order, into a staging table, so the
     # report can state exactly which ids this file got.
+    next_id = "nextval('raw_contacts_ingest_id')"
+    if postgres.in_use(con):
+        (count,) = con.execute("SELECT count(*) FROM __checked WHERE reason IS NULL").fetchone()  # type: ignore[misc]
+        if count:
+            first = postgres.draw_ids(con, "raw_contacts_ingest_id", count)
+            next_id = f"{first - 1} + row_number() OVER (ORDER BY source_row)"
     con.execute(
-        """
+        f"""
         CREATE TEMP TABLE __landing AS
-        SELECT nextval('raw_contacts_ingest_id') AS ingest_id, *
+        SELECT {next_id} AS ingest_id, *
         FROM (SELECT * FROM __checked WHERE reason IS NULL ORDER BY source_row)
         """
     )

@@ -38,7 +38,9 @@ class WarehouseSettings(BaseModel):
     model_config = SETTING_GROUP_CONFIG
 
     warehouse_path: str = setting(
-        "ENRICH_WAREHOUSE_PATH", "data/warehouse.duckdb", "DuckDB warehouse file"
+        "ENRICH_WAREHOUSE_URL",
+        "data/warehouse.duckdb",
+        "the warehouse: a DuckDB file's path, or a postgresql://user:password@host/db URL",
     )
     duckdb_memory_limit: str = setting(
         "ENRICH_DUCKDB_MEMORY_LIMIT",

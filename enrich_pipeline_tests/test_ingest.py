@@ -469,7 +469,7 @@ def test_a_work_email_column_is_the_email(warehouse: Path, tmp_path: Path) -> No
 def test_the_cli_always_says_which_columns_it_ignored(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ENRICH_WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("ENRICH_WAREHOUSE_URL", str(tmp_path / "warehouse.duckdb"))
     path = write_csv(
         tmp_path / "extra.csv", ["Email", "Favourite Colour", "Shoe Size"], [["a@b.io", "red", "9"]]
     )

@@ -35,6 +35,7 @@ from enrich_pipeline.settings import (
 )
 from enrich_pipeline.settings_base import env_name, group_values
 from enrich_pipeline.warehouse.connection import connect
+from enrich_pipeline.warehouse.connection import exists as warehouse_exists
 from enrich_pipeline.warehouse.enrichment import Freshness
 
 SANDBOX_LABEL = "sandbox"
@@ -59,7 +60,7 @@ class WarehouseResource(SettingsResource, WarehouseSettings):
 
     @property
     def exists(self) -> bool:
-        return Path(self.warehouse_path).exists()
+        return warehouse_exists(self.warehouse_path)
 
     def in_flight(self, holder: str) -> InFlight:
         """Claims on look-ups, shared by every process on this machine writing this warehouse,

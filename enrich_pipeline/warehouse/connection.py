@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -25,7 +25,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from enrich_pipeline.warehouse.schema import ensure_schema
+from enrich_pipeline.warehouse import postgres
+from enrich_pipeline.warehouse.schema import ensure_schema, ensure_schema_natively
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,16 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse (creating file and schema if needed), retrying lock errors with
     jittered exponential backoff for up to ``lock_timeout_s`` seconds. ``memory_limit`` (e.g.
-    ``"1GB"``) caps DuckDB's memory; past it, DuckDB spills to disk instead of growing."""
+    ``"1GB"``) caps DuckDB's memory; past it, DuckDB spills to disk instead of growing.
+
+    ``path`` may be a ``postgresql://`` URL instead (``warehouse/postgres.py``): the same SQL
+    then runs against Postgres tables, and a writer waits for the writer lock instead."""
+    if postgres.is_postgres(path):
+        with _connect_postgres(str(path), lock_timeout_s, read_only) as con:
+            if memory_limit:
+                con.execute("SET memory_limit = ?", [memory_limit])
+            yield con
+        return
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +109,20 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+@contextmanager
+def _connect_postgres(
+    url: str, lock_timeout_s: float, read_only: bool
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    with ExitStack() as stack:
+        if not read_only:
+            stack.enter_context(
+                postgres.writing(url, lock_timeout_s=lock_timeout_s, ensure=ensure_schema_natively)
+            )
+        con = postgres.open_duckdb(url, read_only=read_only)
+        stack.callback(con.close)
+        yield con
 
 
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -145,6 +169,9 @@ def hold_open(
     closed ``max_hold_s`` after opening even if a block is still running (waiting on a slow
     provider), so another process never waits longer than that for the write lock; later
     connects then open the file as usual, and the next hold opens it anew."""
+    if postgres.is_postgres(path):  # nothing to keep open: a Postgres connection is cheap
+        yield
+        return
     key = str(Path(path).resolve())
     now = time.monotonic()
     with _keepers_lock:
@@ -221,8 +248,22 @@ def _close_all_keepers() -> None:
 
 def is_held(path: Path) -> bool:
     """Whether ``hold_open`` keeps the file open in this process."""
+    if postgres.is_postgres(path):
+        return False
     with _keepers_lock:
         return bool(_keepers) and str(path.resolve()) in _keepers
+
+
+def exists(location: str | Path) -> bool:
+    """Whether the warehouse has been made (a Postgres database is there to be connected to)."""
+    return postgres.is_postgres(location) or Path(location).exists()
+
+
+def describe(location: str | Path) -> str:
+    """The warehouse as a message names it: a file's full path, a URL with no password."""
+    if postgres.is_postgres(location):
+        return postgres.masked(postgres.libpq_url(location))
+    return str(Path(location).resolve())
 
 
 def sync_folder(folder: Path) -> None:

@@ -19,25 +19,12 @@ import duckdb
 import pyarrow as pa
 
 from enrich_pipeline.warehouse.connection import transaction
+from enrich_pipeline.warehouse.schema import SYNC_STATE_DDL
 from enrich_pipeline.warehouse.suppression import crm_record_keys_sql, suppressed_sql
 
 FILE = "file"
 HUBSPOT = "hubspot"
 
-SYNC_STATE_DDL = """
-CREATE TABLE IF NOT EXISTS crm_sync_state (
-    destination       VARCHAR NOT NULL,   -- 'file' | 'hubspot'
-    email             VARCHAR NOT NULL,
-    fingerprint       VARCHAR NOT NULL,   -- md5 of the properties last attempted
-    status            VARCHAR NOT NULL,   -- 'sent' | 'failed'
-    remote_id         VARCHAR,            -- the destination's id for the record, when it has one
-    error             VARCHAR,            -- why the last attempt failed
-    attempted_at      TIMESTAMP NOT NULL,
-    sent_at           TIMESTAMP,          -- when the destination last took the record
-    properties        VARCHAR NOT NULL,   -- the property names the fingerprint covers
-    record_updated_at TIMESTAMP NOT NULL  -- crm_contacts.updated_at of the version fingerprinted
-);
-"""
 
 # HubSpot's default contact property for each CRM column that has one. ``numemployees`` is a
 # dropdown of employee-count bands on HubSpot contacts, so the count is sent as its band.

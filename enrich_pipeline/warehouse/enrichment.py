@@ -346,9 +346,11 @@ def _upsert(
     changes = 0
     with transaction(con):
         con.register("incoming", frame)
+        # Typed as the table: a column the frame has only None in is no type of its own.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE accepted AS FROM {table} LIMIT 0")
         con.execute(
             f"""
-            CREATE OR REPLACE TEMP TABLE accepted AS
+            INSERT INTO accepted BY NAME
             SELECT i.* FROM incoming i
             LEFT JOIN {table} t ON t.{key} = i.{key} AND t.status = 'matched'
             WHERE NOT (i.status = 'error' AND t.{key} IS NOT NULL)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import duckdb
 
+from enrich_pipeline.warehouse import postgres
 from enrich_pipeline.warehouse.connection import connect, is_held, swap_lock, sync_folder
 from enrich_pipeline.warehouse.contacts import check_new_rows
-from enrich_pipeline.warehouse.crm_sync import SYNC_STATE_DDL
 from enrich_pipeline.warehouse.identities import (
     LINKEDIN_PROFILE_PREFIX,
     landed_name_sql,
@@ -35,6 +35,7 @@ from enrich_pipeline.warehouse.identities import (
     slug_sql,
     website_domain_sql,
 )
+from enrich_pipeline.warehouse.schema import SYNC_STATE_DDL
 from enrich_pipeline.warehouse.suppression import add_to_list, keyed_hash, list_key
 
 _RAW_NAME = name_identity_sql(
@@ -259,6 +260,12 @@ def rewritten(
     Other processes cannot open the file between the moment this one lets it go and the
     moment the copy takes its place: each ``connect`` opens under a shared ``swap_lock``,
     held exclusively across the swap."""
+    if postgres.is_postgres(warehouse_path):
+        with connect(warehouse_path, lock_timeout_s=lock_timeout_s) as con:
+            yield con
+        # VACUUM FULL writes each table anew; it cannot run in the block's transaction.
+        postgres.vacuum_full(warehouse_path, list(ERASED_TABLES))
+        return
     path = Path(warehouse_path)
     if is_held(path):
         # This process's own open database would go on writing to the replaced file.
@@ -276,7 +283,8 @@ def rewritten(
                 yield con
                 con.execute("CHECKPOINT")
                 (database,) = con.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
-                con.execute("ATTACH ? AS __rewritten", [str(fresh)])
+                quoted = str(fresh).replace("'", "''")  # ATTACH takes no parameter
+                con.execute(f"ATTACH '{quoted}' AS __rewritten")
                 con.execute(f'COPY FROM DATABASE "{database}" TO __rewritten')
                 con.execute("CHECKPOINT __rewritten")
                 con.execute("DETACH __rewritten")

@@ -6,6 +6,9 @@ uniqueness is kept by the SQL that writes each table (and checked by tests).
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import duckdb
 
 DDL = """
@@ -213,6 +216,23 @@ CREATE TABLE IF NOT EXISTS intake_progress (
 """
 
 
+# What each CRM destination last took of each record (warehouse/crm_sync.py).
+SYNC_STATE_DDL = """
+CREATE TABLE IF NOT EXISTS crm_sync_state (
+    destination       VARCHAR NOT NULL,   -- 'file' | 'hubspot'
+    email             VARCHAR NOT NULL,
+    fingerprint       VARCHAR NOT NULL,   -- md5 of the properties last attempted
+    status            VARCHAR NOT NULL,   -- 'sent' | 'failed'
+    remote_id         VARCHAR,            -- the destination's id for the record, when it has one
+    error             VARCHAR,            -- why the last attempt failed
+    attempted_at      TIMESTAMP NOT NULL,
+    sent_at           TIMESTAMP,          -- when the destination last took the record
+    properties        VARCHAR NOT NULL,   -- the property names the fingerprint covers
+    record_updated_at TIMESTAMP NOT NULL  -- crm_contacts.updated_at of the version fingerprinted
+);
+"""
+
+
 # Columns added after a table first shipped, appended so positional inserts still line up.
 # A warehouse made by an older version gains them on its next write connection.
 ADDED_COLUMNS = """
@@ -225,7 +245,22 @@ ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS provenance JSON;
 ALTER TABLE crm_contacts ADD COLUMN IF NOT EXISTS merge_policy VARCHAR;
 """
 
+# The suppression list's key (warehouse/suppression.py): a file beside a DuckDB warehouse, here
+# a row every machine reads.
+POSTGRES_ONLY_DDL = """
+CREATE TABLE IF NOT EXISTS suppression_key (key_hex VARCHAR NOT NULL);
+"""
+
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(DDL)
     con.execute(ADDED_COLUMNS)
+
+
+def ensure_schema_natively(session: Any) -> None:
+    """The same DDL on a Postgres warehouse, through a psycopg2 session (autocommit): every
+    statement here is one both databases read. JSON columns are text there: DuckDB's postgres
+    extension writes DuckDB's JSON as text, which a Postgres ``json`` column refuses."""
+    with session.cursor() as cur:
+        for statements in (DDL, ADDED_COLUMNS, SYNC_STATE_DDL, POSTGRES_ONLY_DDL):
+            cur.execute(re.sub(r"\bJSON\b", "TEXT", statements))

@@ -27,7 +27,8 @@ from typing import Any
 import duckdb
 
 from enrich_pipeline.normalise import normalise_email, normalise_phone
-from enrich_pipeline.warehouse.connection import sync_folder
+from enrich_pipeline.warehouse import postgres
+from enrich_pipeline.warehouse.connection import connect, sync_folder
 from enrich_pipeline.warehouse.identities import (
     landed_name_sql,
     linkedin_slug,
@@ -96,6 +97,9 @@ def load_key(warehouse_path: str | Path, *, create: bool = True) -> bytes:
     """The warehouse's suppression key; with ``create``, made (owner-only) when there is none.
     Without it, a list already holding hashes would match nobody: callers that have a list
     pass ``create=False`` and are refused."""
+    if postgres.is_postgres(warehouse_path):
+        with connect(warehouse_path, read_only=not create) as con:
+            return _stored_key(con, create=create)
     path = key_path(warehouse_path).resolve()
     with _keys_lock:
         if (key := _keys.get(str(path))) is not None:
@@ -138,7 +142,7 @@ def keyed_hash(key: bytes, text: str) -> str:
 
 def list_key(con: duckdb.DuckDBPyConnection) -> bytes:
     """The key of this warehouse's list: made if the list is empty, else required."""
-    return load_key(_warehouse_path(con), create=not _any_listed(con))
+    return _key_of(con, create=not _any_listed(con))
 
 
 def add_to_list(
@@ -170,7 +174,7 @@ def listed_among(con: duckdb.DuckDBPyConnection, texts: Iterable[str]) -> set[st
     texts = list(texts)
     if not texts or not _any_listed(con):
         return set()
-    key = load_key(_warehouse_path(con), create=False)
+    key = _key_of(con, create=False)
     by_hash = {keyed_hash(key, text): text for text in texts}
     found = con.execute(
         "SELECT key_hash FROM suppression_list WHERE key_hash IN (SELECT unnest(?))",
@@ -213,6 +217,28 @@ def _any_listed(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(con.execute("SELECT EXISTS (SELECT 1 FROM suppression_list)").fetchone()[0])  # type: ignore[index]
 
 
+def _key_of(con: duckdb.DuckDBPyConnection, *, create: bool) -> bytes:
+    if postgres.in_use(con):
+        return _stored_key(con, create=create)
+    return load_key(_warehouse_path(con), create=create)
+
+
+def _stored_key(con: duckdb.DuckDBPyConnection, *, create: bool) -> bytes:
+    """A Postgres warehouse's key, which every machine shares: in its ``suppression_key`` table
+    (a file would be one machine's). Made under the writer lock, so by one process."""
+    row = con.execute("SELECT key_hex FROM suppression_key").fetchone()
+    if row is None:
+        if not create:
+            raise FileNotFoundError(
+                "the suppression list's key is missing from the warehouse's suppression_key "
+                "table: restore it from the warehouse's backup (without it the list matches "
+                "nobody)"
+            )
+        row = (secrets.token_hex(KEY_BYTES),)
+        con.execute("INSERT INTO suppression_key VALUES (?)", [row[0]])
+    return bytes.fromhex(row[0])
+
+
 def _warehouse_path(con: duckdb.DuckDBPyConnection) -> str:
     row = con.execute(
         "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
@@ -228,7 +254,7 @@ def suppressed_sql(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> str:
     per row; else this connection is given the key to hash with."""
     if not _any_listed(con):
         return "false"
-    key = load_key(_warehouse_path(con), create=False).ljust(64, b"\0")
+    key = _key_of(con, create=False).ljust(64, b"\0")
     con.execute("SET VARIABLE __suppression_inner = ?", [bytes(b ^ 0x36 for b in key)])
     con.execute("SET VARIABLE __suppression_outer = ?", [bytes(b ^ 0x5C for b in key)])
     # HMAC-SHA256 (RFC 2104) from DuckDB's sha256, for a key of at most 64 bytes.
