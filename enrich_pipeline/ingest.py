@@ -397,9 +397,8 @@ def land_checked(
     next_id = "nextval('raw_contacts_ingest_id')"
     if postgres.in_use(con):
         (count,) = con.execute("SELECT count(*) FROM __checked WHERE reason IS NULL").fetchone()  # type: ignore[misc]
-        if count:
-            first = postgres.draw_ids(con, "raw_contacts_ingest_id", count)
-            next_id = f"{first - 1} + row_number() OVER (ORDER BY source_row)"
+        first = postgres.draw_ids(con, "raw_contacts_ingest_id", count) if count else 1
+        next_id = f"{first - 1} + row_number() OVER (ORDER BY source_row)"
     con.execute(
         f"""
         CREATE TEMP TABLE __landing AS

@@ -12,7 +12,13 @@ import pytest
 
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
-from enrich_pipeline.settings import Settings, declared_settings, environment_for
+from enrich_pipeline.settings import (
+    Settings,
+    WarehouseSettings,
+    declared_settings,
+    environment_for,
+)
+from enrich_pipeline.settings_base import env_name
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CSV = REPO / "data" / "sample_contacts.csv"
@@ -40,9 +46,39 @@ def isolate_configuration(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None
         monkeypatch.setenv(name, value)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--warehouse",
+        choices=("duckdb", "postgres"),
+        default="duckdb",
+        help="where each test's warehouse is: a DuckDB file (default) or a Postgres database "
+        "of its own on an embedded server (`make test-postgres`)",
+    )
+
+
 @pytest.fixture(autouse=True)
-def _isolated_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     isolate_configuration(monkeypatch, tmp_path)
+    if request.node.get_closest_marker("duckdb_file") and _on_postgres(request):
+        pytest.skip("about the DuckDB file itself")
+    warehouse_as_asked(request, monkeypatch)
+
+
+def _on_postgres(request: pytest.FixtureRequest) -> bool:
+    return request.config.getoption("--warehouse") == "postgres"
+
+
+def warehouse_as_asked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--warehouse=postgres``, the warehouse is a new database on the session's server
+    (left for the server's end to delete)."""
+    if _on_postgres(request):
+        from enrich_pipeline_tests.postgres import create_database
+
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        url = create_database(request.getfixturevalue("postgres_url"), name)
+        monkeypatch.setenv(env_name(WarehouseSettings, "warehouse_path"), url)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.sandbox import SandboxConfig, create_app
 from enrich_pipeline.settings import Settings, environment_for
+from enrich_pipeline.warehouse import postgres
 from enrich_pipeline_tests.conftest import REPO
 
 # The four assets a run materialises (raw_contacts is landed outside Dagster).
@@ -70,9 +71,17 @@ def materialise_range(
     )
 
 
+def read_warehouse(location: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a test's warehouse, a DuckDB file or a Postgres database
+    (``--warehouse=postgres``); the caller closes it."""
+    if postgres.is_postgres(location):
+        return postgres.open_duckdb(location, read_only=True)
+    return duckdb.connect(str(location), read_only=True)
+
+
 def rows_of(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     """What ``sql`` reads from the test's warehouse, on a read-only connection."""
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         return con.execute(sql).fetchall()
 
 
@@ -143,22 +152,23 @@ def served_over_http(app: ASGIApp) -> Iterator[str]:
 
 # A second process that opens the warehouse read-write and keeps it until told to close:
 # DuckDB's lock as another writer holds it, synchronised over stdin/stdout, no sleeps.
+# A Postgres warehouse's writer lock is held the same way, by a write connection.
 _HOLDER = """
 import sys
-import duckdb
+from enrich_pipeline.warehouse.connection import connect
 
-con = duckdb.connect(sys.argv[1])
-print("holding", flush=True)
-sys.stdin.readline()
-con.close()
+with connect(sys.argv[1]):
+    print("holding", flush=True)
+    sys.stdin.readline()
 print("released", flush=True)
 """
 
 
 @contextmanager
-def held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
+def held_by_another_process(path: str | Path) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(path)],
+        cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

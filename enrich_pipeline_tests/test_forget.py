@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 import respx
@@ -31,13 +30,14 @@ from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import land_from_journal
 from enrich_pipeline.sandbox.hubspot import create_hubspot_sandbox
 from enrich_pipeline.settings import Settings, environment_for
-from enrich_pipeline.warehouse.connection import WarehouseBusy
+from enrich_pipeline.warehouse.connection import WarehouseBusy, connect
 from enrich_pipeline.warehouse.erasure import ERASED_TABLES
 from enrich_pipeline.warehouse.suppression import keyed_hash, load_key
 from enrich_pipeline_tests.conftest import REPO
 from enrich_pipeline_tests.helpers import (
     held_by_another_process,
     materialise_range,
+    read_warehouse,
     rows_of,
     served_over_http,
 )
@@ -64,7 +64,7 @@ def _land_and_run(tmp_path: Path, settings: Settings) -> None:
 
 
 def _theirs_in(warehouse: str, table: str, extra: tuple[str, ...] = ()) -> int:
-    with duckdb.connect(warehouse, read_only=True) as con:
+    with read_warehouse(warehouse) as con:
         text = f"lower(CAST({table} AS VARCHAR))"
         found = " OR ".join(f"contains({text}, ?)" for _ in THEIRS + extra)
         return con.execute(
@@ -74,7 +74,7 @@ def _theirs_in(warehouse: str, table: str, extra: tuple[str, ...] = ()) -> int:
 
 def _profile_values(warehouse: str) -> tuple[str, ...]:
     """What the provider told us about her, that nobody typed in."""
-    with duckdb.connect(warehouse, read_only=True) as con:
+    with read_warehouse(warehouse) as con:
         rows = con.execute(
             "SELECT work_email, legion_id, linkedin_url FROM person_enrichment "
             "WHERE identity = ? AND status = 'matched'",
@@ -87,7 +87,7 @@ def test_every_row_of_every_identity_of_theirs_is_removed_and_others_kept(
     tmp_path: Path, settings: Settings
 ) -> None:
     _land_and_run(tmp_path, settings)
-    with duckdb.connect(settings.warehouse_path) as con:
+    with connect(settings.warehouse_path) as con:
         # Job changes are found by refreshes; one under her phone identity and one by email.
         con.execute(
             "INSERT INTO job_changes (identity, email, old_company, new_company, detected_at) "
@@ -107,7 +107,7 @@ def test_every_row_of_every_identity_of_theirs_is_removed_and_others_kept(
     assert report.rows_removed["person_enrichment"] == 4
     assert report.rows_removed["job_changes"] == 2
     assert report.rows_removed["quarantine"] >= 1
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         others = {row[0] for row in con.execute("SELECT identity FROM clean_contacts").fetchall()}
         crm = {row[0] for row in con.execute("SELECT email FROM crm_contacts").fetchall()}
         listed = {row[0] for row in con.execute("SELECT key_hash FROM suppression_list").fetchall()}
@@ -137,7 +137,7 @@ def test_the_bytes_are_gone_from_the_warehouse_file_and_the_exports(
     assert _files_holding(folders, EMAIL, "zenobia-quillfeather") == []
     csv = (Path(settings.export_dir) / "crm_contacts.csv").read_text(encoding="utf-8")
     assert "grace@gmail.com" in csv
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         # The file was rewritten whole: ids keep growing from where they were.
         before = con.execute("SELECT max(ingest_id) FROM raw_contacts").fetchone()[0]  # type: ignore[index]
     csv_more = tmp_path / "more.csv"
@@ -182,7 +182,7 @@ def test_an_erasure_waits_for_the_warehouse_and_never_half_erases(
     tmp_path: Path, settings: Settings
 ) -> None:
     _land_and_run(tmp_path, settings)
-    with held_by_another_process(Path(settings.warehouse_path)), pytest.raises(WarehouseBusy):
+    with held_by_another_process(settings.warehouse_path), pytest.raises(WarehouseBusy):
         forget(settings, [EMAIL], crm=False, wait_s=0.5)
     assert _theirs_in(settings.warehouse_path, "raw_contacts") == 4
     forget(settings, [EMAIL], crm=False)
@@ -225,7 +225,7 @@ def test_erasures_while_another_process_lands_lose_none_of_its_rows(
     finally:
         assert writer.wait(timeout=120) == 0
     assert erasures == batches
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         landed = con.execute(
             "SELECT count(*) FROM raw_contacts WHERE email LIKE 'writer%'"
         ).fetchone()[0]  # type: ignore[index]
@@ -283,7 +283,7 @@ def test_with_crm_hubspot_erases_them_and_the_audit_says_so(
 
     assert report.crm_answers["hubspot"]["erased"] == 1 and not report.crm_failed
     assert httpx.get(f"{hubspot_url}/_sandbox/contacts/{EMAIL}").status_code == 404
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         (answers,) = con.execute("SELECT crm_answers FROM erasures").fetchone()  # type: ignore[misc]
     assert json.loads(answers) == {"hubspot": "erased"}
     # Landed again by a partner sync, she is refused, so nothing is pushed to HubSpot again.
@@ -442,6 +442,7 @@ def test_a_run_that_selected_them_before_the_erasure_does_not_store_them_again(
     assert rows_of(settings, "SELECT count(*) FROM person_enrichment")[0][0] > 0, "others stored"
 
 
+@pytest.mark.duckdb_file
 def test_claims_a_running_service_released_leave_no_trace_in_the_claims_files(
     tmp_path: Path, settings: Settings
 ) -> None:

@@ -6,13 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from enrich_pipeline.cli import main
 from enrich_pipeline.column_mapping import ColumnMappingError, map_columns
 from enrich_pipeline.ingest import IngestError, IngestReport, ingest_file
-from enrich_pipeline_tests.helpers import write_small_csv
+from enrich_pipeline_tests.helpers import read_warehouse, write_small_csv
 
 NOW = datetime(2026, 9, 1, 12, 0, 0)
 
@@ -48,7 +47,7 @@ def hubspot_row(**values: str) -> list[str]:
 
 
 def query(warehouse: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with read_warehouse(str(warehouse)) as con:
         return con.execute(sql, params or []).fetchall()
 
 

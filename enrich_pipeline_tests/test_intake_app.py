@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 
@@ -20,7 +19,7 @@ from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.intake.requests import MAX_BODY_BYTES
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import WarehouseBusy
-from enrich_pipeline_tests.helpers import held_by_another_process, release
+from enrich_pipeline_tests.helpers import held_by_another_process, read_warehouse, release
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +37,7 @@ async def client(journal: IntakeJournal, mover: JournalMover) -> AsyncIterator[h
 
 
 def landed(settings: Settings) -> list[tuple[Any, ...]]:
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         return con.execute(
             "SELECT email, first_name, company_name, source FROM raw_contacts ORDER BY ingest_id"
         ).fetchall()
@@ -169,7 +168,7 @@ async def test_leads_are_accepted_while_a_run_holds_the_warehouse(
     client: httpx.AsyncClient, journal: IntakeJournal, mover: JournalMover, settings: Settings
 ) -> None:
     mover.land_pending()  # creates the warehouse, as the first run would
-    with held_by_another_process(Path(settings.warehouse_path)) as holder:
+    with held_by_another_process(settings.warehouse_path) as holder:
         answer = await client.post("/v1/leads", json=ADA, headers=AUTH)
         assert answer.status_code == 202
         with pytest.raises(WarehouseBusy):

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import duckdb
 import httpx
 import pytest
 import respx
@@ -29,7 +28,12 @@ from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.helpers import FakeTime, materialise_range, sandbox_over_http
+from enrich_pipeline_tests.helpers import (
+    FakeTime,
+    materialise_range,
+    read_warehouse,
+    sandbox_over_http,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -173,7 +177,7 @@ class Setup:
 
     def landed(self) -> list[tuple[Any, ...]]:
         self.mover.land_pending()
-        with duckdb.connect(self.settings.warehouse_path, read_only=True) as con:
+        with read_warehouse(self.settings.warehouse_path) as con:
             return con.execute(
                 "SELECT email, first_name, last_name, phone, company_name, website, job_title, "
                 "city, state, country, linkedin_url, received_at, source "
@@ -515,7 +519,7 @@ async def test_a_suppressed_contact_created_in_hubspot_is_refused_at_landing(
     assert await process(receiver) == 1
 
     assert setup.landed() == []
-    with duckdb.connect(setup.settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(setup.settings.warehouse_path) as con:
         refused = con.execute("SELECT reason, original FROM quarantine").fetchall()
     assert refused == [("suppressed", None)]
     assert setup.journal.read_after(0, 10) == [], "nothing of hers is kept in the journal"

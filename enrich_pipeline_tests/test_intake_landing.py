@@ -6,7 +6,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from enrich_pipeline.ingest import ingest_file
@@ -14,7 +13,7 @@ from enrich_pipeline.intake import landing
 from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.landing import LandingReport, land_from_journal, lead_problem
 from enrich_pipeline.warehouse.connection import WarehouseBusy
-from enrich_pipeline_tests.helpers import held_by_another_process, release
+from enrich_pipeline_tests.helpers import held_by_another_process, read_warehouse, release
 from enrich_pipeline_tests.test_ingest import HUBSPOT, hubspot_row
 
 NOW = datetime(2026, 9, 1, 12, 0, 0)
@@ -66,7 +65,7 @@ def warehouse(tmp_path: Path) -> Path:
 
 
 def query(warehouse: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with read_warehouse(str(warehouse)) as con:
         return con.execute(sql, params or []).fetchall()
 
 

@@ -12,7 +12,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 from dagster import AssetKey, DagsterInstance
@@ -21,7 +20,13 @@ from enrich_pipeline.cli import main
 from enrich_pipeline.dagster_layer.landing_events import report_landing
 from enrich_pipeline.intake.landing import LandingReport
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.helpers import READY_S, intake_environment, serving, wait_for_health
+from enrich_pipeline_tests.helpers import (
+    READY_S,
+    intake_environment,
+    read_warehouse,
+    serving,
+    wait_for_health,
+)
 
 TOKEN = "intake-secret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -106,7 +111,7 @@ def test_kill_9_loses_no_acknowledged_lead_and_lands_none_twice(
             base_url, lambda health: health["landed_through_seq"] == health["journal_last_seq"]
         )
 
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         rows = con.execute("SELECT email FROM raw_contacts").fetchall()
     emails = Counter(email for (email,) in rows)
     assert set(emails) == {f"lead{i}@stream.example" for i in range(LEADS)}

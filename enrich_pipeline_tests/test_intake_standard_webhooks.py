@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -20,6 +19,7 @@ from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.intake.standard_webhooks import StandardWebhookReceiver
 from enrich_pipeline.settings import Settings
+from enrich_pipeline_tests.helpers import read_warehouse
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +72,7 @@ def event(data: Any) -> dict[str, Any]:
 
 
 def landed(settings: Settings) -> list[tuple[Any, ...]]:
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         return con.execute(
             "SELECT email, first_name, company_name, source FROM raw_contacts ORDER BY ingest_id"
         ).fetchall()

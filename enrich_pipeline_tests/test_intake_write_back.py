@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 
@@ -25,6 +24,7 @@ from enrich_pipeline_tests.helpers import (
     intake_environment,
     materialise_range,
     metadata_of,
+    read_warehouse,
     served_over_http,
     serving,
     wait_for_health,
@@ -54,7 +54,7 @@ def test_a_landed_lead_is_enriched_and_exported_without_a_dagster_run(
     exported = _export_rows(settings)["ada@analytical-engines.io"]
     assert exported["First Name"] == "Ada"
     assert exported["Job Title"], "the person profile was merged into the export"
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         (status,) = con.execute(
             "SELECT status FROM person_enrichment WHERE identity = 'ada@analytical-engines.io'"
         ).fetchone()  # type: ignore[misc]

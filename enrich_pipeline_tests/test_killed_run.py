@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 
@@ -19,7 +18,7 @@ from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings, environment_for
 from enrich_pipeline_tests.conftest import REPO
-from enrich_pipeline_tests.helpers import materialise_range, sandbox_over_http
+from enrich_pipeline_tests.helpers import materialise_range, read_warehouse, sandbox_over_http
 
 KEY = "dl-killed-run-key-0001"
 DAY = "2026-08-03"
@@ -72,7 +71,7 @@ def test_a_killed_run_repeats_at_most_a_couple_of_seconds_of_paid_look_ups(
             proc.wait(timeout=30)
         paid = httpx.get(f"{url}/_sandbox/stats").json()["items_enriched"]
 
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         (saved,) = con.execute(  # type: ignore[misc]
             "SELECT count(*) FROM person_enrichment WHERE status IN ('matched', 'no_match')"
         ).fetchone()

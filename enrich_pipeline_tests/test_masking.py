@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pytest
 from dagster import DagsterInstance
@@ -22,7 +21,12 @@ from enrich_pipeline.masking import (
     mask_phone,
 )
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.helpers import materialise_range, metadata_of, write_small_csv
+from enrich_pipeline_tests.helpers import (
+    materialise_range,
+    metadata_of,
+    read_warehouse,
+    write_small_csv,
+)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +99,7 @@ def _run_text(instance: DagsterInstance, run_id: str) -> str:
 
 
 def _personal_values(warehouse: str) -> set[str]:
-    with duckdb.connect(warehouse, read_only=True) as con:
+    with read_warehouse(warehouse) as con:
         rows = con.execute(
             """
             SELECT email FROM clean_contacts UNION SELECT phone FROM clean_contacts

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 
@@ -18,6 +17,7 @@ from enrich_pipeline_tests.helpers import (
     in_processes_together,
     materialise_range,
     metadata_of,
+    read_warehouse,
     sandbox_over_http,
 )
 
@@ -67,7 +67,7 @@ def test_overlapping_runs_look_each_person_up_once(
         served = httpx.get(f"{url}/_sandbox/stats").json()
 
     assert all(success for success, _ in finished)
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         (stored,) = con.execute(
             "SELECT count(*) FROM person_enrichment WHERE status IN ('matched', 'no_match')"
         ).fetchone()

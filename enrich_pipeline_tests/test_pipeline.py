@@ -6,26 +6,26 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import duckdb
 import pytest
 from dagster import DagsterInstance
 
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.conftest import SAMPLE_CSV, isolate_configuration
-from enrich_pipeline_tests.helpers import ASSET_KEYS, materialise_range, metadata_of
+from enrich_pipeline_tests.conftest import SAMPLE_CSV, isolate_configuration, warehouse_as_asked
+from enrich_pipeline_tests.helpers import ASSET_KEYS, materialise_range, metadata_of, read_warehouse
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory):
+def sample_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """The sample CSV landed and the whole graph run twice over its whole range."""
     tmp = tmp_path_factory.mktemp("pipeline")
     # Module-scoped, so it runs before the per-test isolation does.
     mp = pytest.MonkeyPatch()
     isolate_configuration(mp, tmp)
+    warehouse_as_asked(request, mp)
     settings = Settings()
     ingest = ingest_file(settings.warehouse_path, SAMPLE_CSV)
-    con = duckdb.connect(settings.warehouse_path)
+    con = read_warehouse(settings.warehouse_path)
     first, last = (
         d.isoformat()
         for d in con.execute(
@@ -51,7 +51,7 @@ def test_one_run_materialises_all_four_assets_over_the_range(sample_run) -> None
 
 def test_every_valid_contact_has_a_person_row(sample_run) -> None:
     settings, _, _, _ = sample_run
-    con = duckdb.connect(settings.warehouse_path, read_only=True)
+    con = read_warehouse(settings.warehouse_path)
     missing = con.execute(
         """
         SELECT count(*) FROM clean_contacts c
@@ -69,7 +69,7 @@ def test_every_valid_contact_has_a_person_row(sample_run) -> None:
 
 def test_every_landed_row_is_clean_or_quarantined(sample_run) -> None:
     settings, ingest, _, _ = sample_run
-    con = duckdb.connect(settings.warehouse_path, read_only=True)
+    con = read_warehouse(settings.warehouse_path)
     clean_rows = con.execute("SELECT sum(row_count) FROM clean_contacts").fetchone()[0]
     validated_out = con.execute(
         "SELECT count(*) FROM quarantine WHERE stage = 'validate'"
@@ -84,7 +84,7 @@ def test_every_landed_row_is_clean_or_quarantined(sample_run) -> None:
 
 def test_one_crm_record_per_unique_valid_email(sample_run) -> None:
     settings, _, _, _ = sample_run
-    con = duckdb.connect(settings.warehouse_path, read_only=True)
+    con = read_warehouse(settings.warehouse_path)
     lead_emails = {
         r[0]
         for r in con.execute(
@@ -102,7 +102,7 @@ def test_export_is_a_hubspot_ready_csv(sample_run) -> None:
     path = Path(settings.export_dir) / "crm_contacts.csv"
     with path.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    con = duckdb.connect(settings.warehouse_path, read_only=True)
+    con = read_warehouse(settings.warehouse_path)
     crm_count = con.execute("SELECT count(*) FROM crm_contacts").fetchone()[0]
     con.close()
     assert len(rows) == crm_count

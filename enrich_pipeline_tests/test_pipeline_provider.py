@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 from dagster import DagsterInstance
@@ -18,6 +17,7 @@ from enrich_pipeline_tests.helpers import (
     free_port,
     materialise_range,
     metadata_of,
+    read_warehouse,
     sandbox_over_http,
     write_small_csv,
 )
@@ -26,7 +26,7 @@ SECRET = "sk-live-DO-NOT-LEAK-4242"
 
 
 def _persons(path: str) -> list[tuple]:
-    con = duckdb.connect(path, read_only=True)
+    con = read_warehouse(path)
     try:
         return con.execute(
             """

@@ -8,14 +8,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from enrich_pipeline.field_profiles import PROFILES, field_profile
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.sandbox import app as sandbox_app
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.helpers import materialise_range, metadata_of, write_small_csv
+from enrich_pipeline.warehouse.connection import connect
+from enrich_pipeline_tests.helpers import (
+    materialise_range,
+    metadata_of,
+    read_warehouse,
+    write_small_csv,
+)
 
 FIRST, LAST = "2026-09-01", "2026-09-03"
 KEYS = {"person_enrichment": "identity", "company_enrichment": "domain"}
@@ -30,7 +35,7 @@ def landed(tmp_path: Path, **values: Any) -> Settings:
 
 def raw_answers(settings: Settings, table: str) -> dict[str, dict[str, Any] | None]:
     """Each matched record's stored raw answer, by key."""
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         rows = con.execute(
             f"SELECT {KEYS[table]}, raw FROM {table} WHERE status = 'matched'"
         ).fetchall()
@@ -75,7 +80,7 @@ def test_a_provider_answering_more_than_asked_still_leaves_only_the_profiles_fie
     assert stored_fields(settings, "person_enrichment") <= set(asked.person_fields)
     assert stored_fields(settings, "company_enrichment") <= set(asked.company_fields)
     # Nor do the columns keep what the profile did not ask for (names, contact details).
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         kept = con.execute(
             "SELECT count(full_name), count(work_email), count(mobile_phone), count(job_title) "
             "FROM person_enrichment"
@@ -92,21 +97,27 @@ def test_raw_answers_past_the_retention_are_cleared_across_the_table_and_counted
     first_run = materialise_range(settings, FIRST, LAST)
     assert first_run.success
     # Ten days ago: past the 7-day retention, still inside the person and company TTLs.
-    with duckdb.connect(settings.warehouse_path) as con:
+    with connect(settings.warehouse_path) as con:
+        # No RETURNING: DuckDB's postgres extension has none for UPDATE (--warehouse=postgres).
+        day = "status = 'matched' AND identity IN (SELECT identity FROM clean_contacts "
+        day += "WHERE partition_date = DATE '2026-09-02')"
         old_persons = {
             identity
             for (identity,) in con.execute(
-                "UPDATE person_enrichment SET enriched_at = enriched_at - INTERVAL 10 DAY "
-                "WHERE status = 'matched' AND identity IN "
-                "(SELECT identity FROM clean_contacts WHERE partition_date = DATE '2026-09-02') "
-                "RETURNING identity"
+                f"SELECT identity FROM person_enrichment WHERE {day}"
             ).fetchall()
         }
+        con.execute(
+            f"UPDATE person_enrichment SET enriched_at = enriched_at - INTERVAL 10 DAY WHERE {day}"
+        )
         (old_company,) = con.execute(
-            "UPDATE company_enrichment SET enriched_at = enriched_at - INTERVAL 10 DAY "
-            "WHERE domain = (SELECT min(domain) FROM company_enrichment WHERE status = 'matched') "
-            "RETURNING domain"
+            "SELECT min(domain) FROM company_enrichment WHERE status = 'matched'"
         ).fetchone()
+        con.execute(
+            "UPDATE company_enrichment SET enriched_at = enriched_at - INTERVAL 10 DAY "
+            "WHERE domain = ?",
+            [old_company],
+        )
     assert old_persons
 
     # A run over another day: the retention holds for the whole table, not the run's window.
@@ -122,7 +133,7 @@ def test_raw_answers_past_the_retention_are_cleared_across_the_table_and_counted
     assert {key for key, raw in persons.items() if raw is None} == old_persons
     assert {key for key, raw in companies.items() if raw is None} == {old_company}
     # The profile's columns stay: only the raw answer goes.
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_warehouse(settings.warehouse_path) as con:
         titles = con.execute(
             "SELECT count(job_title) FROM person_enrichment WHERE list_contains($old, identity)",
             {"old": sorted(old_persons)},

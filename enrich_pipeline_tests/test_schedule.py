@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
-import duckdb
 import pytest
 from dagster import (
     DagsterInstance,
@@ -31,7 +30,7 @@ from enrich_pipeline.settings import Settings, environment_for
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.contacts import rebuild_clean_contacts
 from enrich_pipeline.warehouse.enrichment import store_companies, store_persons
-from enrich_pipeline_tests.helpers import held_by_another_process
+from enrich_pipeline_tests.helpers import held_by_another_process, read_warehouse
 
 # This morning's 03:00 UTC tick; contacts were received on recent days so they have partitions.
 SCHEDULED = datetime.combine(datetime.now(UTC).date(), time(3), tzinfo=UTC)
@@ -201,6 +200,7 @@ def test_nothing_stale_skips(warehouse, evaluate) -> None:
     assert isinstance(evaluate(), SkipReason)
 
 
+@pytest.mark.duckdb_file
 @pytest.mark.slow
 def test_a_busy_warehouse_skips_with_the_reason(settings, warehouse, evaluate) -> None:
     warehouse.leads(("a@gmail.com", day(3)))
@@ -227,7 +227,7 @@ def test_a_refresh_run_calls_the_api_only_for_the_stale(
     assert run.success
     persons = run.asset_materializations_for_node("enriched_persons")[0].metadata
     assert persons["lookups_needed"].value == 1
-    con = duckdb.connect(settings.warehouse_path, read_only=True)
+    con = read_warehouse(settings.warehouse_path)
     ages = dict(con.execute("SELECT identity, enriched_at FROM person_enrichment").fetchall())
     con.close()
     assert ages["old@gmail.com"] > NOW - timedelta(days=1)

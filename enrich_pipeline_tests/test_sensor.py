@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import count
 from pathlib import Path
 
-import duckdb
 import pytest
 from dagster import (
     DagsterInstance,
@@ -32,7 +31,7 @@ from enrich_pipeline.dagster_layer.sensors import SENSOR_NAME
 from enrich_pipeline.definitions import build_definitions
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.settings import Settings
-from enrich_pipeline_tests.helpers import held_by_another_process
+from enrich_pipeline_tests.helpers import held_by_another_process, read_warehouse
 
 TODAY = datetime.now(UTC).date()
 _files = count()
@@ -195,6 +194,7 @@ def test_a_backlog_bigger_than_one_tick_is_taken_in_bounded_ticks(
     assert ticks.cursor == str(last)
 
 
+@pytest.mark.duckdb_file
 @pytest.mark.slow
 def test_a_warehouse_locked_by_another_process_skips_and_loses_nothing(
     ticks, settings, tmp_path
@@ -242,7 +242,7 @@ def test_a_requested_run_enriches_the_new_contacts_into_the_crm(
     )
 
     assert run.success
-    con = duckdb.connect(settings.warehouse_path, read_only=True)
+    con = read_warehouse(settings.warehouse_path)
     crm = con.execute("SELECT email, partition_date FROM crm_contacts ORDER BY email").fetchall()
     con.close()
     assert crm == [("ada@analytical-engines.io", yesterday), ("grace@gmail.com", TODAY)]

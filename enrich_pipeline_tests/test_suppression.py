@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 
@@ -18,6 +17,7 @@ from enrich_pipeline.intake.journal import IntakeJournal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
+from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.suppression import identifier_key, keyed_hash, load_key
 from enrich_pipeline_tests.helpers import (
     materialise_range,
@@ -87,6 +87,7 @@ def test_domains_and_linkedin_profiles_are_suppressed_as_given(
     assert reasons == ({"suppressed": 1} if refused else {})
 
 
+@pytest.mark.duckdb_file
 def test_the_list_holds_keyed_hashes_never_the_identifiers(
     tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,7 +143,7 @@ def test_a_person_suppressed_after_landing_is_never_looked_up_or_exported_again(
     assert main(["suppress", ADA]) == 0
     assert ADA not in export.read_text(encoding="utf-8"), "out of the files at once"
     long_ago = datetime(2025, 1, 1)
-    with duckdb.connect(settings.warehouse_path) as con:
+    with connect(settings.warehouse_path) as con:
         # Everything has gone stale: the next run refreshes every record but hers.
         con.execute("UPDATE person_enrichment SET enriched_at = ?", [long_ago])
         con.execute("UPDATE company_enrichment SET enriched_at = ?", [long_ago])

@@ -116,7 +116,11 @@ def _connect_postgres(
     url: str, lock_timeout_s: float, read_only: bool
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     with ExitStack() as stack:
-        if not read_only:
+        if read_only:
+            postgres.ensure_schema_once(
+                url, lock_timeout_s=lock_timeout_s, ensure=ensure_schema_natively
+            )
+        else:
             stack.enter_context(
                 postgres.writing(url, lock_timeout_s=lock_timeout_s, ensure=ensure_schema_natively)
             )

@@ -264,7 +264,8 @@ def rewritten(
         with connect(warehouse_path, lock_timeout_s=lock_timeout_s) as con:
             yield con
         # VACUUM FULL writes each table anew; it cannot run in the block's transaction.
-        postgres.vacuum_full(warehouse_path, list(ERASED_TABLES))
+        # The claims a run released are dead rows of in_flight_claims until vacuumed too.
+        postgres.vacuum_full(warehouse_path, [*ERASED_TABLES, "in_flight_claims"])
         return
     path = Path(warehouse_path)
     if is_held(path):

@@ -193,6 +193,15 @@ def _wait_for_lock(con: Any, url: str, timeout_s: float) -> None:
             pause = min(pause * 2, 0.2)
 
 
+def ensure_schema_once(location: str | Path, *, lock_timeout_s: float, ensure: Any) -> None:
+    """For a reader: the schema exists once this process has connected, as a writer leaves it
+    (a reader of an empty DuckDB file finds no file and skips; a database is always there)."""
+    url = libpq_url(location)
+    if url not in _writer.schema_ready:
+        with writing(url, lock_timeout_s=lock_timeout_s, ensure=ensure):
+            pass
+
+
 @contextmanager
 def writing(location: str | Path, *, lock_timeout_s: float, ensure: Any) -> Iterator[None]:
     """Hold the writer lock for the block; ``ensure(session)`` creates the schema the first
@@ -210,7 +219,9 @@ def vacuum_full(location: str | Path, tables: list[str]) -> None:
     place until a vacuum, as DuckDB keeps freed blocks)."""
     with session(location, autocommit=True) as con, con.cursor() as cur:
         for table in tables:
-            cur.execute(f'VACUUM (FULL) "{table}"')
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+            if cur.fetchone()[0]:  # a table made on first use may not be there yet
+                cur.execute(f'VACUUM (FULL) "{table}"')
 
 
 def in_use(con: duckdb.DuckDBPyConnection) -> bool:
