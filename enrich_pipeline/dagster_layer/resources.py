@@ -37,6 +37,7 @@ from enrich_pipeline.settings_base import env_name, group_values
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.connection import exists as warehouse_exists
 from enrich_pipeline.warehouse.enrichment import Freshness
+from enrich_pipeline.warehouse.postgres import is_postgres
 
 SANDBOX_LABEL = "sandbox"
 # Never resolved: the in-process sandbox's transport answers every request.
@@ -97,8 +98,10 @@ class ProviderEndpoint:
     api_key: str
     # What carries the requests; None is the network.
     transport: httpx.AsyncBaseTransport | None
-    # Where runs sharing this key keep one rate-limit budget; None keeps it in the process.
+    # Where runs sharing this key keep one rate-limit budget, a folder on this machine or the
+    # Postgres database of every machine (at most one); neither keeps it in the process.
     shared_state_dir: Path | None
+    shared_state_url: str | None
 
 
 class EnrichmentResource(SettingsResource, ProviderClientSettings, FieldProfileSettings):
@@ -133,6 +136,7 @@ class EnrichmentResource(SettingsResource, ProviderClientSettings, FieldProfileS
             timeout_s=self.request_timeout_s,
             max_attempts=self.max_attempts,
             shared_state_dir=endpoint.shared_state_dir,
+            shared_state_url=endpoint.shared_state_url,
         )
         async with http:
             yield EnrichmentClient(
@@ -157,18 +161,26 @@ class DataLegionResource(EnrichmentResource, DataLegionSettings):
         description=f"{env_name(SecretSettings, 'data_legion_api_key')}, read through EnvVar "
         "when a run starts"
     )
+    warehouse_path: str | None = Field(
+        default=None,
+        description=f"{env_name(WarehouseSettings, 'warehouse_path')}: when it is Postgres, "
+        "runs on every machine using this key share its rate-limit budget there",
+    )
 
     @property
     def provider(self) -> str:
         return self.base_url
 
     def endpoint(self, logger: logging.Logger) -> ProviderEndpoint:
-        # Every run on this machine using this key paces from one shared budget.
+        # Every run using this key paces from one shared budget: on every machine in a Postgres
+        # warehouse, else on this machine in a file.
+        shared_in_postgres = self.warehouse_path is not None and is_postgres(self.warehouse_path)
         return ProviderEndpoint(
             base_url=self.base_url,
             api_key=self.api_key,
             transport=None,
-            shared_state_dir=Path(self.limiter_dir).expanduser(),
+            shared_state_dir=None if shared_in_postgres else Path(self.limiter_dir).expanduser(),
+            shared_state_url=self.warehouse_path if shared_in_postgres else None,
         )
 
 
@@ -192,6 +204,7 @@ class SandboxEnrichmentResource(EnrichmentResource, SandboxConfig):
             transport=httpx.ASGITransport(app=create_app(sandbox)),
             # The in-process sandbox is private to its run, so it keeps its own budget.
             shared_state_dir=None,
+            shared_state_url=None,
         )
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.pacing import Clock, Pacer, Sleep
+from enrich_pipeline.provider.pacing import Clock, Pacer, Sleep, StateStore
 from enrich_pipeline.provider.shared_limit import DEFAULT_IN_FLIGHT_TTL_S, SharedStateStore
+from enrich_pipeline.provider.shared_limit_postgres import PostgresStateStore
 from enrich_pipeline.provider.transports import (
     DeadlineTransport,
     RetryTransport,
@@ -54,6 +55,7 @@ def build_http_client(
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.time,
     shared_state_dir: str | os.PathLike[str] | None = None,
+    shared_state_url: str | None = None,
 ) -> ProviderHttpClient:
     """An ``httpx.AsyncClient`` with the key set, rate-limit pacing and bounded retries, every
     attempt counted in ``stats``.
@@ -63,8 +65,11 @@ def build_http_client(
 
     ``shared_state_dir`` makes every process using this key on this machine share one
     rate-limit budget through a file there (the ``ENRICH_LIMITER_DIR`` setting names the usual
-    place); ``None`` keeps the pacing state in this process.
+    place). ``shared_state_url``, a Postgres warehouse's URL, makes every process on every
+    machine share it there instead. Neither keeps the pacing state in this process.
     """
+    if shared_state_dir is not None and shared_state_url is not None:
+        raise ValueError("the rate-limit budget is shared through a folder or a database, not both")
     # The network transport times each request itself; any other is held to the same timeout.
     inner = (
         DeadlineTransport(transport)
@@ -76,17 +81,23 @@ def build_http_client(
             ),
         )
     )
-    store = (
-        None
-        if shared_state_dir is None
-        else SharedStateStore(
+    # httpx times each phase of an attempt (pool, connect, write, read) separately.
+    in_flight_ttl_s = max(DEFAULT_IN_FLIGHT_TTL_S, 4 * timeout_s)
+    store: StateStore | None = None
+    if shared_state_url is not None:
+        store = PostgresStateStore(
+            base_url=base_url,
+            api_key=api_key,
+            location=shared_state_url,
+            in_flight_ttl_s=in_flight_ttl_s,
+        )
+    elif shared_state_dir is not None:
+        store = SharedStateStore(
             base_url=base_url,
             api_key=api_key,
             directory=shared_state_dir,
-            # httpx times each phase of an attempt (pool, connect, write, read) separately.
-            in_flight_ttl_s=max(DEFAULT_IN_FLIGHT_TTL_S, 4 * timeout_s),
+            in_flight_ttl_s=in_flight_ttl_s,
         )
-    )
     throttled = ThrottleTransport(inner, stats=stats, clock=clock, sleep=sleep, store=store)
     counted = StatsTransport(throttled, stats=stats)
     retrying = RetryTransport(

@@ -7,7 +7,8 @@ one ``Remaining``, one ``Retry-After`` and every process's requests in flight.
 
 The file is named by a hash of the base URL and the key, never the key itself. It is a cache:
 unreadable content starts afresh, and a crashed process's in-flight count expires. Processes on
-other machines are not covered (flock is local).
+other machines are not covered (flock is local): with a Postgres warehouse the budget lives in it
+instead (``shared_limit_postgres``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ def state_key(base_url: str, api_key: str) -> str:
     """A stable file name for one key at one provider that reveals neither."""
     digest = hashlib.sha256(f"{base_url.rstrip('/')}\0{api_key}".encode())
     return digest.hexdigest()[:32]
+
+
+def load_state(raw: str | bytes) -> PacingState:
+    """The state as stored; empty or unreadable content starts afresh (the store is a cache)."""
+    if not raw:
+        return PacingState()
+    try:
+        return PacingState.from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # Half-written by a process that died mid-write to a file, or an older format.
+        return PacingState()
+
+
+def dump_state(state: PacingState) -> str:
+    return json.dumps(state.to_json(), separators=(",", ":"))
 
 
 class SharedStateStore:
@@ -72,16 +88,9 @@ class SharedStateStore:
             self._fd = -1
 
     def _load(self) -> PacingState:
-        raw = os.pread(self._fd, _MAX_STATE_BYTES, 0)
-        if not raw:
-            return PacingState()
-        try:
-            return PacingState.from_json(json.loads(raw))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            # Half-written by a process that died mid-write, or an older format: start afresh.
-            return PacingState()
+        return load_state(os.pread(self._fd, _MAX_STATE_BYTES, 0))
 
     def _save(self, state: PacingState) -> None:
-        data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        data = dump_state(state).encode()
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
