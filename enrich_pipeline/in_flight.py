@@ -3,10 +3,12 @@
 Every path that looks records up (a run's enrichment asset, the intake's write-back and its
 answers on request) claims what it is about to look up, looks up only what it claimed, and
 waits for what another holds instead of asking the provider again; then it reads the warehouse
-again. Claims are kept in this process and, given a file, in a small SQLite table beside the
-warehouse that every process on this machine writing it shares: overlapping runs (a backfill,
-a sensor's run, the stale refresh) each pay for an identity once. A claim names the process
-holding it; a process that is gone (killed, out of memory) holds nothing.
+again. Claims are kept in this process and, given a place, where every process writing the
+warehouse shares them: overlapping runs (a backfill, a sensor's run, the stale refresh) each pay
+for an identity once. The place is a small SQLite table beside a DuckDB warehouse (every process
+on this machine), or tables in a Postgres warehouse (every process on every machine, see
+``in_flight_postgres``). A claim names its holder; a holder that is gone (killed, out of memory)
+holds nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import time
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
+from enrich_pipeline.in_flight_postgres import PostgresClaims
 from enrich_pipeline.processes import ProcessId
 from enrich_pipeline.provider.models import Kind
+from enrich_pipeline.warehouse.postgres import is_postgres
 
 Key = tuple[Kind, str]  # ("person", identity) or ("company", domain)
 
@@ -31,52 +36,50 @@ WAIT_S = 30.0
 POLL_S = 0.2
 POLL_S_PER_KEY = 2e-5
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS holders (
-    owner TEXT PRIMARY KEY,
-    pid INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    holder TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS claims (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS claims_by_owner ON claims (owner);
-CREATE TEMP TABLE IF NOT EXISTS wanted (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-"""
+
+class SharedClaims(Protocol):
+    """Claims every process using one place sees. Called under ``InFlight``'s lock, with keys
+    this process does not hold (``claim``) or holds (``release``)."""
+
+    def claim(self, keys: set[Key]) -> set[Key]:
+        """Those of ``keys`` nobody else holds, now this owner's."""
+        ...
+
+    def held(self, keys: set[Key]) -> dict[Key, str]:
+        """Those of ``keys`` another owner holds, and its holder."""
+        ...
+
+    def release(self, keys: set[Key], *, everything: bool) -> None:
+        """``everything``: ``keys`` are all this owner holds."""
+        ...
+
+    def close(self) -> None:
+        """Release everything and let go of the place."""
+        ...
 
 
 class InFlight:
-    """Claims on look-ups. ``path`` shares them with every process using the same file;
-    without it they are this process's only. ``holder`` says who holds them (a run's id), for
-    the messages of those who wait."""
+    """Claims on look-ups. ``path`` (a SQLite file, or a Postgres URL) shares them with every
+    process using it; without it they are this process's only. ``holder`` says who holds them
+    (a run's id), for the messages of those who wait."""
 
     def __init__(self, path: str | Path | None = None, *, holder: str = "this process") -> None:
         self._changed = threading.Condition()
         self._claimed: set[Key] = set()
         self._holder = holder
-        self._owner = secrets.token_hex(8)
-        self._process = ProcessId.current()
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            self._db = _open(Path(path))
+        self._shared: SharedClaims | None = None
+        if path is not None and is_postgres(path):
+            self._shared = PostgresClaims(str(path), holder=holder)
+        elif path is not None:
+            self._shared = _SqliteClaims(Path(path), holder=holder)
 
     def close(self) -> None:
         with self._changed:
-            if self._db is not None:
-                with self._transaction() as db:
-                    _drop_owner(db, self._owner)
-                self._db.close()
-                self._db = None
+            shared, self._shared = self._shared, None
             self._claimed.clear()
             self._changed.notify_all()
+            if shared is not None:
+                shared.close()
 
     def __enter__(self) -> InFlight:
         return self
@@ -88,8 +91,8 @@ class InFlight:
         """Claim those of ``keys`` nobody holds; returns them (the caller must release them)."""
         with self._changed:
             mine = set(keys) - self._claimed
-            if mine and self._db is not None:
-                mine = self._claim_shared(mine)
+            if mine and self._shared is not None:
+                mine = self._shared.claim(mine)
             self._claimed |= mine
             return mine
 
@@ -97,8 +100,8 @@ class InFlight:
         if keys:
             with self._changed:
                 keys = set(keys) & self._claimed
-                if self._db is not None:
-                    self._delete_mine(keys)
+                if self._shared is not None and keys:
+                    self._shared.release(keys, everything=len(keys) == len(self._claimed))
                 self._claimed -= keys
                 self._changed.notify_all()
 
@@ -123,7 +126,7 @@ class InFlight:
                     break
                 # This process's releases wake the wait; another process's are polled for,
                 # less often for many keys (a run waiting on a backfill's million).
-                pause = max(POLL_S, len(wanted) * POLL_S_PER_KEY) if self._db else None
+                pause = max(POLL_S, len(wanted) * POLL_S_PER_KEY) if self._shared else None
                 if left is not None:
                     pause = left if pause is None else min(pause, left)
                 self._changed.wait(pause)
@@ -131,11 +134,49 @@ class InFlight:
 
     def _held(self, wanted: set[Key]) -> dict[Key, str]:
         held = dict.fromkeys(wanted & self._claimed, self._holder)
-        if self._db is not None and (rest := wanted - self._claimed):
-            held |= self._held_shared(rest)
+        if self._shared is not None and (rest := wanted - self._claimed):
+            held |= self._shared.held(rest)
         return held
 
-    def _claim_shared(self, keys: set[Key]) -> set[Key]:
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS holders (
+    owner TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    holder TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_by_owner ON claims (owner);
+CREATE TEMP TABLE IF NOT EXISTS wanted (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+"""
+
+
+class _SqliteClaims:
+    """Claims in a SQLite file, shared by the processes of one machine: a claim names the
+    process holding it (pid and start time), and a process that is gone holds nothing."""
+
+    def __init__(self, path: Path, *, holder: str) -> None:
+        self._holder = holder
+        self._owner = secrets.token_hex(8)
+        self._process = ProcessId.current()
+        self._db = _open(path)
+
+    def close(self) -> None:
+        with self._transaction() as db:
+            _drop_owner(db, self._owner)
+        self._db.close()
+
+    def claim(self, keys: set[Key]) -> set[Key]:
         # In key order: a B-tree filled in order is written page by page (a backfill claims up
         # to a million keys at once).
         ordered = sorted(keys)
@@ -151,7 +192,7 @@ class InFlight:
             )
             return keys - self._others(db, ordered).keys()
 
-    def _held_shared(self, keys: set[Key]) -> dict[Key, str]:
+    def held(self, keys: set[Key]) -> dict[Key, str]:
         # Read without the write lock: a run waiting on a backfill asks again and again.
         ordered = sorted(keys)
         with self._transaction(immediate=False) as db:
@@ -163,6 +204,17 @@ class InFlight:
             self._forget_the_dead(db)
         with self._transaction(immediate=False) as db:
             return self._others(db, ordered)
+
+    def release(self, keys: set[Key], *, everything: bool) -> None:
+        with self._transaction() as db:
+            if everything:
+                # Everything this owner holds (a run's whole selection): one indexed delete.
+                db.execute("DELETE FROM claims WHERE owner = ?", [self._owner])
+                return
+            db.executemany(
+                "DELETE FROM claims WHERE kind = ? AND key = ? AND owner = ?",
+                [(kind, key, self._owner) for kind, key in sorted(keys)],
+            )
 
     def _others(self, db: sqlite3.Connection, ordered: list[Key]) -> dict[Key, str]:
         """Those of ``ordered`` another owner claimed, and its holder; by index, however many
@@ -196,22 +248,10 @@ class InFlight:
         for owner in self._gone(db):
             _drop_owner(db, owner)
 
-    def _delete_mine(self, keys: Collection[Key]) -> None:
-        with self._transaction() as db:
-            if len(keys) == len(self._claimed):
-                # Everything this owner holds (a run's whole selection): one indexed delete.
-                db.execute("DELETE FROM claims WHERE owner = ?", [self._owner])
-                return
-            db.executemany(
-                "DELETE FROM claims WHERE kind = ? AND key = ? AND owner = ?",
-                [(kind, key, self._owner) for kind, key in sorted(keys)],
-            )
-
     @contextmanager
     def _transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
         """Claims are read and written under one write lock (``immediate``), so two processes
         never both take a key; a read alone takes none."""
-        assert self._db is not None
         self._db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             yield self._db
@@ -229,14 +269,21 @@ def _drop_owner(db: sqlite3.Connection, owner: str) -> None:
     db.execute("DELETE FROM holders WHERE owner = ?", [owner])
 
 
-def claims_path(warehouse_path: str | Path) -> Path:
-    """Where the claims on a warehouse's look-ups are kept: beside it."""
+def claims_path(warehouse_path: str | Path) -> str | Path:
+    """Where the claims on a warehouse's look-ups are kept: beside a DuckDB file, or in the
+    Postgres database itself (its URL)."""
+    if is_postgres(warehouse_path):
+        return str(warehouse_path)
     return Path(f"{warehouse_path}.in_flight.sqlite3")
 
 
-def empty_wal(path: Path) -> bool:
+def empty_wal(path: str | Path) -> bool:
     """Copy the claims file's WAL back and empty it, so released claims (identities, emails
-    among them) are in neither file; False when a reader kept it busy."""
+    among them) are in neither file; False when a reader kept it busy. Claims in Postgres have
+    no file of their own to empty (their tables are unlogged: no WAL)."""
+    if is_postgres(path):
+        return True
+    path = Path(path)
     if not path.exists():
         return True
     db = _open(path)
