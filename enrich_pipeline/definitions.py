@@ -16,6 +16,7 @@ from enrich_pipeline.dagster_layer.resources import (
     WarehouseResource,
     enrichment_resource,
     run_time_secret,
+    run_time_warehouse,
 )
 from enrich_pipeline.dagster_layer.schedules import build_stale_refresh_schedule
 from enrich_pipeline.dagster_layer.sensors import build_new_contacts_sensor
@@ -37,9 +38,11 @@ def build_definitions(settings: Settings) -> Definitions:
         # in the run's own process instead of paying a process start-up per step.
         executor=in_process_executor,
         resources={
-            "warehouse": WarehouseResource.from_settings(settings),
+            "warehouse": WarehouseResource.from_settings(settings, **run_time_warehouse(settings)),
             "enrichment": enrichment_resource(
-                settings, run_time_secret(settings, "data_legion_api_key")
+                settings,
+                run_time_secret(settings, "data_legion_api_key"),
+                **run_time_warehouse(settings),
             ),
             "pipeline": PipelineResource.from_settings(settings),
             "quality": QualityThresholds.from_settings(settings),

@@ -34,6 +34,7 @@ from enrich_pipeline.settings import (
     WarehouseSettings,
 )
 from enrich_pipeline.settings_base import env_name, group_values
+from enrich_pipeline.warehouse import postgres
 from enrich_pipeline.warehouse.connection import connect
 from enrich_pipeline.warehouse.connection import exists as warehouse_exists
 from enrich_pipeline.warehouse.enrichment import Freshness
@@ -49,7 +50,7 @@ class SettingsResource(ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **values: Any) -> Self:
-        return cls(**group_values(settings, cls), **values)
+        return cls(**{**group_values(settings, cls), **values})
 
 
 class WarehouseResource(SettingsResource, WarehouseSettings):
@@ -240,8 +241,18 @@ def run_time_secret(settings: Settings, name: str) -> EnvVar | None:
     return EnvVar(env_name(Settings, name)) if settings.secret(name) else None
 
 
-def enrichment_resource(settings: Settings, api_key: str | EnvVar | None) -> EnrichmentResource:
+def run_time_warehouse(settings: Settings) -> dict[str, Any]:
+    """For a resource in the definitions: a warehouse URL with a password in it is read through
+    EnvVar when a run starts, as a secret is, so the UI never shows the password."""
+    if postgres.has_password(settings.warehouse_path):
+        return {"warehouse_path": EnvVar(env_name(WarehouseSettings, "warehouse_path"))}
+    return {}
+
+
+def enrichment_resource(
+    settings: Settings, api_key: str | EnvVar | None, **values: Any
+) -> EnrichmentResource:
     """The real provider when there is an API key, else the built-in sandbox."""
     if api_key is None:
         return SandboxEnrichmentResource.from_settings(settings)
-    return DataLegionResource.from_settings(settings, api_key=api_key)
+    return DataLegionResource.from_settings(settings, api_key=api_key, **values)

@@ -54,6 +54,10 @@ def masked(text: str) -> str:
     return _PASSWORD.sub(r"\1***@", text)
 
 
+def has_password(location: str | Path) -> bool:
+    return is_postgres(location) and bool(urlsplit(str(location)).password)
+
+
 class WarehouseUnreachable(RuntimeError):
     """The Postgres warehouse cannot be reached or used; the message names it, password masked."""
 
