@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enrich_pipeline.forget import DEFAULT_WAIT_S, ForgetError
@@ -185,8 +184,8 @@ def _serve(args: argparse.Namespace) -> int:
     from enrich_pipeline.destinations.hubspot import HubSpotClient
     from enrich_pipeline.intake.app import create_intake_app
     from enrich_pipeline.intake.enrich_now import ReadyRecords
-    from enrich_pipeline.intake.hubspot_webhooks import HubSpotWebhookReceiver
-    from enrich_pipeline.intake.journal import IntakeJournal
+    from enrich_pipeline.intake.hubspot_webhooks import HubSpotWebhookReceiver, events_location
+    from enrich_pipeline.intake.journal import journal_location, open_journal
     from enrich_pipeline.intake.mover_process import MoverProcess
     from enrich_pipeline.intake.standard_webhooks import StandardWebhookReceiver
 
@@ -199,7 +198,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"refusing to listen on {host} without a token: set "
             f"{env_name(IntakeSettings, 'intake_token')}, or listen on 127.0.0.1"
         )
-    journal = IntakeJournal(settings.intake_journal_path)
+    # With a Postgres warehouse, in that database: one journal for every replica.
+    journal = open_journal(journal_location(settings))
     ready = ReadyRecords()
     mover = MoverProcess(_intake_mover, settings.warehouse_path, ready)
     hubspot_token = settings.secret("hubspot_access_token")
@@ -209,7 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
             journal,
             client_secret=settings.secret("hubspot_client_secret"),
             # Received events wait beside the journal until their contacts are read back.
-            events_path=Path(settings.intake_journal_path).with_name("hubspot_events.sqlite3"),
+            events_path=events_location(journal_location(settings)),
             hubspot=None
             if hubspot_token is None
             else lambda: HubSpotClient(token=hubspot_token, base_url=settings.hubspot_base_url),
@@ -251,14 +251,14 @@ def _intake_mover(publish: Publish) -> JournalMover:
     journal, then writes back; and answers the callers who wait, publishing their records."""
     from enrich_pipeline.dagster_layer.landing_events import report_landing
     from enrich_pipeline.dagster_layer.write_back import WriteBack
-    from enrich_pipeline.intake.journal import IntakeJournal
+    from enrich_pipeline.intake.journal import journal_location, open_journal
     from enrich_pipeline.intake.mover import JournalMover
 
     settings = Settings.from_env()
     write_back = WriteBack.from_settings(settings, on_merged=publish.merged)
     on_request = write_back.on_request(publish.records)
     return JournalMover(
-        IntakeJournal(settings.intake_journal_path),
+        open_journal(journal_location(settings)),
         settings.warehouse_path,
         on_landed=lambda report: report_landing(report, source="intake"),
         then=write_back.catch_up,

@@ -38,7 +38,7 @@ from enrich_pipeline.destinations.hubspot import (
 )
 from enrich_pipeline.field_profiles import field_profile
 from enrich_pipeline.in_flight import claims_path, empty_wal
-from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.journal import open_existing_journal
 from enrich_pipeline.intake.landing import landed_values
 from enrich_pipeline.masking import mask_email
 from enrich_pipeline.normalise import normalise_email, normalise_phone
@@ -187,8 +187,8 @@ def emails_for_hubspot_ids(settings: Settings, ids: Collection[str]) -> list[str
                 [HUBSPOT, list(ids)],
             ).fetchall()
         found.update((row[0], None) for row in rows)
-    if Path(settings.intake_journal_path).exists():
-        journal = IntakeJournal(settings.intake_journal_path)
+    journal = open_existing_journal(settings)
+    if journal is not None:
         try:
             for object_id in ids:
                 # The key the HubSpot receiver journals each read-back contact under.
@@ -262,9 +262,9 @@ def _is_theirs(
 def _erase_from_journal(
     settings: Settings, is_theirs: Callable[[dict[str, Any]], bool]
 ) -> tuple[int, bool]:
-    if not Path(settings.intake_journal_path).exists():
+    journal = open_existing_journal(settings)
+    if journal is None:
         return 0, True
-    journal = IntakeJournal(settings.intake_journal_path)
     try:
         return journal.erase(is_theirs)
     finally:

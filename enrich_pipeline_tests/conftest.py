@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.journal import Journal, journal_location, open_journal
 from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.settings import (
     Settings,
@@ -87,15 +87,15 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[IntakeJournal]:
-    """An intake journal of the test's own."""
-    opened = IntakeJournal(tmp_path / "intake.sqlite3")
+def journal(settings: Settings) -> Iterator[Journal]:
+    """The test's intake journal: a file of its own, or in its Postgres warehouse."""
+    opened = open_journal(journal_location(settings))
     yield opened
     opened.close()
 
 
 @pytest.fixture
-def mover(journal: IntakeJournal, settings: Settings) -> JournalMover:
+def mover(journal: Journal, settings: Settings) -> JournalMover:
     """Lands ``journal`` in the test's warehouse; not started: tests call ``land_pending``."""
     return JournalMover(journal, settings.warehouse_path)
 

@@ -10,8 +10,9 @@ import pytest
 
 from enrich_pipeline.ingest import ingest_file
 from enrich_pipeline.intake import landing
-from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.journal import IntakeJournal, Journal
 from enrich_pipeline.intake.landing import LandingReport, land_from_journal, lead_problem
+from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import WarehouseBusy
 from enrich_pipeline_tests.helpers import held_by_another_process, read_warehouse, release
 from enrich_pipeline_tests.test_ingest import HUBSPOT, hubspot_row
@@ -60,20 +61,21 @@ SNAKE_LEADS: list[dict[str, Any]] = [
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path) -> Path:
-    return tmp_path / "warehouse.duckdb"
+def warehouse(settings: Settings) -> str:
+    """The test's warehouse, where its ``journal`` lands: a file, or Postgres."""
+    return settings.warehouse_path
 
 
-def query(warehouse: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+def query(warehouse: str, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
     with read_warehouse(str(warehouse)) as con:
         return con.execute(sql, params or []).fetchall()
 
 
-def landed(warehouse: Path) -> list[tuple[Any, ...]]:
+def landed(warehouse: str) -> list[tuple[Any, ...]]:
     return query(warehouse, f"SELECT {LANDED_COLUMNS} FROM raw_contacts ORDER BY ingest_id")
 
 
-def quarantined(warehouse: Path) -> list[tuple[Any, ...]]:
+def quarantined(warehouse: str) -> list[tuple[Any, ...]]:
     rows = query(
         warehouse, "SELECT source, field, reason, original FROM quarantine ORDER BY source_row"
     )
@@ -82,7 +84,7 @@ def quarantined(warehouse: Path) -> list[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("leads", [HUBSPOT_LEADS, SNAKE_LEADS], ids=["hubspot", "snake_case"])
 def test_leads_land_exactly_as_the_same_csv_rows(
-    tmp_path: Path, journal: IntakeJournal, warehouse: Path, leads: list[dict[str, Any]]
+    tmp_path: Path, journal: Journal, warehouse: str, leads: list[dict[str, Any]]
 ) -> None:
     csv_path = tmp_path / "same.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
@@ -117,7 +119,7 @@ def test_leads_land_exactly_as_the_same_csv_rows(
 
 
 def test_values_are_stringified_and_fallbacks_come_from_the_entry(
-    journal: IntakeJournal, warehouse: Path
+    journal: Journal, warehouse: str
 ) -> None:
     journal.append(
         [
@@ -137,8 +139,9 @@ def test_values_are_stringified_and_fallbacks_come_from_the_entry(
     ]
 
 
+@pytest.mark.duckdb_file  # the file journal's watermark; Postgres marks each entry
 def test_entries_land_in_sequence_order_in_batches_and_only_once(
-    journal: IntakeJournal, warehouse: Path
+    journal: Journal, warehouse: str
 ) -> None:
     for i in range(5):
         journal.append(
@@ -162,7 +165,7 @@ def test_entries_land_in_sequence_order_in_batches_and_only_once(
 
 
 def test_each_journal_keeps_its_own_watermark(
-    tmp_path: Path, journal: IntakeJournal, warehouse: Path
+    tmp_path: Path, journal: Journal, warehouse: str
 ) -> None:
     other = IntakeJournal(tmp_path / "other.sqlite")
     journal.append([{"email": "a@x.com"}], source="form", received_at=RECEIVED)
@@ -175,7 +178,7 @@ def test_each_journal_keeps_its_own_watermark(
 
 
 def test_a_crash_before_commit_lands_nothing_and_the_next_call_lands_all_once(
-    journal: IntakeJournal, warehouse: Path, monkeypatch: pytest.MonkeyPatch
+    journal: Journal, warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     journal.append([{"email": "a@x.com"}, {"city": "Oslo"}], source="form", received_at=RECEIVED)
     real_land = landing.land_checked
@@ -199,7 +202,7 @@ def test_a_crash_before_commit_lands_nothing_and_the_next_call_lands_all_once(
     assert [r[3] for r in landed(warehouse)] == ["a@x.com"]
 
 
-def test_a_busy_warehouse_is_the_callers_to_retry(journal: IntakeJournal, warehouse: Path) -> None:
+def test_a_busy_warehouse_is_the_callers_to_retry(journal: Journal, warehouse: str) -> None:
     journal.append([{"email": "a@x.com"}], source="form", received_at=RECEIVED)
     with held_by_another_process(warehouse) as holder:
         with pytest.raises(WarehouseBusy):
@@ -209,7 +212,7 @@ def test_a_busy_warehouse_is_the_callers_to_retry(journal: IntakeJournal, wareho
 
 
 def test_a_lead_without_identity_is_quarantined_with_its_reason(
-    journal: IntakeJournal, warehouse: Path
+    journal: Journal, warehouse: str
 ) -> None:
     lead = {"City": "Boston", "Job Title": "CTO", "score": 7}
     journal.append([lead], source="form", received_at=RECEIVED)

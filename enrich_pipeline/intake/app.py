@@ -29,7 +29,7 @@ from enrich_pipeline.intake.enrich_now import (
     preferred_wait,
     read_crm_records,
 )
-from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
+from enrich_pipeline.intake.journal import IdempotencyConflict, Journal
 from enrich_pipeline.intake.mover import ReceivedLeads
 from enrich_pipeline.intake.requests import (
     LeadsAccepted,
@@ -80,7 +80,7 @@ class Receiver(Protocol):
 
 
 def create_intake_app(
-    journal: IntakeJournal,
+    journal: Journal,
     *,
     token: str | None,
     mover: Mover,

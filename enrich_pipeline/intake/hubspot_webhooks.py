@@ -2,10 +2,12 @@
 contact HubSpot erased for privacy (``contact.privacyDeletion``) is erased here too.
 
 Acknowledge, then work. ``POST /v1/webhooks/hubspot`` checks HubSpot's signature, stores the
-relevant events in a SQLite file of their own and answers at once: within HubSpot's 5 s whatever
-HubSpot's API or the warehouse is doing. A worker thread then reads each contact back (events
-carry ids, not contacts), appends it to the intake journal and only then marks its events done:
-at least once into the journal, exactly once through the journal's idempotency key.
+relevant events beside the journal (a SQLite file of their own, or a table in the journal's
+Postgres database, where a redelivery to another replica is recognised too) and answers at
+once: within HubSpot's 5 s whatever HubSpot's API or the warehouse is doing. A worker thread
+then reads each contact back (events carry ids, not contacts), appends it to the intake journal
+and only then marks its events done: at least once into the journal, exactly once through the
+journal's idempotency key (with several replicas, each may read a contact back; one journals it).
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from enrich_pipeline.destinations.hubspot import (
     HubSpotAuthError,
     HubSpotClient,
 )
-from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal, durable_sqlite
+from enrich_pipeline.intake.journal import IdempotencyConflict, Journal, durable_sqlite
+from enrich_pipeline.intake.postgres_session import SharedSession, create_once, transaction
 from enrich_pipeline.intake.requests import Problem, parse_json, read_body
 from enrich_pipeline.intake.worker import BackgroundWorker
 from enrich_pipeline.settings import IntakeSettings
 from enrich_pipeline.settings_base import env_name
+from enrich_pipeline.warehouse.postgres import is_postgres
 
 CLIENT_SECRET_SETTING = env_name(IntakeSettings, "hubspot_client_secret")
 WEBHOOK_PATH = "/v1/webhooks/hubspot"
@@ -89,6 +93,22 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (subscription_type, object_id, occurred_at, property_name)
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (done_at, occurred_at);
+"""
+
+# The same, in the journal's Postgres database.
+_POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS intake_hubspot_events (
+    id                 BIGSERIAL PRIMARY KEY,
+    subscription_type  TEXT NOT NULL,
+    object_id          TEXT NOT NULL,
+    occurred_at        BIGINT NOT NULL,
+    property_name      TEXT NOT NULL,
+    received_at        DOUBLE PRECISION NOT NULL,
+    done_at            DOUBLE PRECISION,
+    UNIQUE (subscription_type, object_id, occurred_at, property_name)
+);
+CREATE INDEX IF NOT EXISTS intake_hubspot_events_pending
+    ON intake_hubspot_events (done_at, occurred_at);
 """
 
 log = logging.getLogger(__name__)
@@ -169,6 +189,62 @@ class _EventStore:
             self._con.execute("DELETE FROM events WHERE done_at < ?", [now - KEEP_DONE_S])
 
 
+class _PostgresEventStore:
+    """``_EventStore`` in the journal's Postgres database, shared by every replica: HubSpot's
+    redelivery of an event to another replica than the first is stored once, and a worker on
+    any replica may read its contact back."""
+
+    def __init__(self, location: str | Path, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._session = SharedSession(location, lock_timeout_s=_BUSY_TIMEOUT_S)
+        create_once(self._session, "intake_hubspot_events", _POSTGRES_SCHEMA)
+
+    def add(self, events: Sequence[_Event]) -> int:
+        with self._session.cursor() as cur:
+            cur.execute(
+                "INSERT INTO intake_hubspot_events (subscription_type, object_id, occurred_at, "
+                "property_name, received_at) "
+                "SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    self._clock(),
+                    [e.subscription_type for e in events],
+                    [e.object_id for e in events],
+                    [e.occurred_at for e in events],
+                    [e.property_name for e in events],
+                ),
+            )
+            return int(cur.rowcount)
+
+    def pending(self, limit: int, *, erasures: bool = False) -> list[_PendingContact]:
+        with self._session.cursor() as cur:
+            cur.execute(
+                "SELECT object_id, array_agg(id ORDER BY id), max(occurred_at) "
+                "FROM intake_hubspot_events WHERE done_at IS NULL GROUP BY object_id "
+                "HAVING bool_or(subscription_type = %s) = %s "
+                "ORDER BY min(occurred_at), min(id) LIMIT %s",
+                (PRIVACY_DELETION, erasures, limit),
+            )
+            return [_PendingContact(obj, list(ids), int(last)) for obj, ids, last in cur]
+
+    def mark_done(self, event_ids: Sequence[int]) -> None:
+        now = self._clock()
+        with self._session.cursor() as cur, transaction(cur):
+            cur.execute(
+                "UPDATE intake_hubspot_events SET done_at = %s WHERE id = ANY(%s)",
+                (now, list(event_ids)),
+            )
+            cur.execute(
+                "DELETE FROM intake_hubspot_events WHERE done_at < %s", (now - KEEP_DONE_S,)
+            )
+
+
+def events_location(journal: str | Path) -> str | Path:
+    """Where received events wait, beside the journal at ``journal`` (a ``journal_location``):
+    in its Postgres database, or in a file next to its file."""
+    return journal if is_postgres(journal) else Path(journal).with_name("hubspot_events.sqlite3")
+
+
 class HubSpotWebhookReceiver:
     """``POST /v1/webhooks/hubspot`` and the worker reading its contacts back; an
     ``app.Receiver``. ``hubspot`` builds a client for the read-back (None: no token set, so
@@ -176,7 +252,7 @@ class HubSpotWebhookReceiver:
 
     def __init__(
         self,
-        journal: IntakeJournal,
+        journal: Journal,
         *,
         client_secret: str | None,
         events_path: str | Path,
@@ -188,7 +264,11 @@ class HubSpotWebhookReceiver:
         """``erase``: what a privacy deletion does (None: those events are kept and wait)."""
         self._journal = journal
         self._secret = client_secret
-        self._events = _EventStore(events_path, clock)
+        self._events = (
+            _PostgresEventStore(events_path, clock)
+            if is_postgres(events_path)
+            else _EventStore(events_path, clock)
+        )
         self._hubspot = hubspot
         self._wake_mover = wake
         self._erase = erase

@@ -1,9 +1,10 @@
 """Move journal entries into ``raw_contacts``, in sequence order and exactly once.
 
 Each batch lands through the same mapping, trimming, date parsing and quarantine SQL as CSV
-ingest, and the journal's watermark in ``intake_progress`` moves in the same DuckDB
-transaction as the rows: a crash before the commit leaves the batch to the next call, a crash
-after it has already moved the watermark past the batch.
+ingest, and what records the batch as landed (the file journal's watermark in
+``intake_progress``, the Postgres journal's marks: ``Journal.mark_landed``) is written in the
+same warehouse transaction as the rows: a crash before the commit leaves the batch to the next
+call, a crash after it has already recorded the batch.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from enrich_pipeline.ingest import (
     quote_ident,
     utc_naive,
 )
-from enrich_pipeline.intake.journal import IntakeJournal, JournalEntry
+from enrich_pipeline.intake.journal import Journal, JournalEntry
 from enrich_pipeline.warehouse.connection import connect, transaction
 from enrich_pipeline.warehouse.suppression import SUPPRESSED
 
@@ -64,7 +65,7 @@ class LandingReport:
     entries: int  # journal entries moved in this call
     landed: int  # rows appended to raw_contacts
     quarantined: int  # rows that went to quarantine instead (with reason)
-    last_seq: int  # the journal watermark after this call
+    last_seq: int  # the journal is landed through this position after this call
 
 
 def lead_problem(lead: object) -> str | None:
@@ -138,37 +139,34 @@ def landed_values(lead: Mapping[str, Any]) -> dict[str, str | None]:
 
 
 def land_from_journal(
-    journal: IntakeJournal,
+    journal: Journal,
     warehouse_path: str | Path,
     *,
     limit: int = 5000,
     now: datetime | None = None,
     lock_timeout_s: float = 30.0,
 ) -> LandingReport:
-    """Land up to ``limit`` entries past the journal's watermark and move the watermark, in one
+    """Land up to ``limit`` entries not landed yet and record them as landed, in one
     transaction. Raises ``WarehouseBusy`` when another process holds the warehouse."""
     landed_at = utc_naive(now or datetime.now(UTC))
     source_file = f"intake:{journal.journal_id}"
     with connect(warehouse_path, lock_timeout_s=lock_timeout_s) as con:
         prepare_session(con)
-        # The watermark is read in the transaction that moves it: a second mover working at
-        # the same time fails on the intake_progress key instead of landing the batch again.
+        # What is landed is read in the transaction that records more: a second mover working
+        # at the same time fails to record the batch instead of landing it again.
         with transaction(con):
-            watermark = _watermark(con, journal.journal_id)
-            entries = journal.read_after(watermark, limit)
+            entries = journal.unlanded(con, limit)
             if not entries:
-                return LandingReport(entries=0, landed=0, quarantined=0, last_seq=watermark)
+                return LandingReport(
+                    entries=0, landed=0, quarantined=0, last_seq=journal.landed_through(con)
+                )
             check_staged(con, _stage(con, entries), _INTAKE_ROWS)
             report = land_checked(con, source_file, landed_at, _INTAKE_ROWS)
             suppressed = con.execute(
                 "SELECT source_row FROM __checked WHERE reason = ?", [SUPPRESSED]
             ).fetchall()
-            con.execute(
-                "INSERT INTO intake_progress (journal_id, last_seq, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (journal_id) DO UPDATE "
-                "SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
-                [journal.journal_id, entries[-1].seq, landed_at],
-            )
+            journal.mark_landed(con, entries, landed_at)
+            landed_through = journal.landed_through(con)
     # A suppressed person's lead keeps no values here either, once its refusal is committed.
     journal.erase_entries([seq for (seq,) in suppressed])
     log.info(
@@ -182,15 +180,8 @@ def land_from_journal(
         entries=len(entries),
         landed=report.accepted,
         quarantined=report.quarantined,
-        last_seq=entries[-1].seq,
+        last_seq=landed_through,
     )
-
-
-def _watermark(con: duckdb.DuckDBPyConnection, journal_id: str) -> int:
-    row = con.execute(
-        "SELECT last_seq FROM intake_progress WHERE journal_id = ?", [journal_id]
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _stage(con: duckdb.DuckDBPyConnection, entries: Sequence[JournalEntry]) -> ColumnMapping:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from enrich_pipeline.intake.journal import IntakeJournal
+from enrich_pipeline.intake.journal import Journal
 from enrich_pipeline.intake.landing import LandingReport, land_from_journal
 from enrich_pipeline.intake.worker import BackgroundWorker
 from enrich_pipeline.warehouse.connection import WarehouseBusy, hold_open
@@ -44,7 +44,7 @@ ReceivedLeads = Sequence[tuple[Mapping[str, Any], datetime]]
 class JournalMover:
     def __init__(
         self,
-        journal: IntakeJournal,
+        journal: Journal,
         warehouse_path: str | Path,
         *,
         idle_s: float = 1.0,
@@ -119,9 +119,8 @@ class JournalMover:
     def land_pending(self) -> int:
         """Land everything the journal holds now; returns how many entries were landed."""
         moved = 0
-        # Landed through a position this process has seen: nothing to open the warehouse for
-        # (another process's mover may have landed more, which costs a look next time only).
-        while self._journal.last_seq() > self._landed_through:
+        # Landed through a position this process has seen: nothing to open the warehouse for.
+        while self._journal.needs_landing(self._landed_through):
             # Held open a moment past the landing: the write-back that follows finds it open.
             with hold_open(
                 self._warehouse_path,

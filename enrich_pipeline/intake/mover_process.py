@@ -8,7 +8,7 @@ landed and written back, and hands over the merged records callers wait for.
 
 The child ends when the pipe does: when the acceptor stops, or is killed (``kill -9``), it
 stops after its current step. What it was doing is safe either way: landing is exactly once by
-the warehouse's watermark, and the next process picks up from there.
+what the landing's own transaction records, and the next process (or replica) picks up from there.
 """
 
 from __future__ import annotations

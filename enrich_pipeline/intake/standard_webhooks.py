@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 
-from enrich_pipeline.intake.journal import IdempotencyConflict, IntakeJournal
+from enrich_pipeline.intake.journal import IdempotencyConflict, Journal
 from enrich_pipeline.intake.requests import (
     LeadsAccepted,
     Problem,
@@ -36,9 +36,7 @@ class StandardWebhookReceiver:
     secret (``whsec_`` + base64); None answers 503, naming the setting. ``wake``: tells the
     mover there are new leads to land."""
 
-    def __init__(
-        self, journal: IntakeJournal, *, secret: str | None, wake: Callable[[], None]
-    ) -> None:
+    def __init__(self, journal: Journal, *, secret: str | None, wake: Callable[[], None]) -> None:
         self._journal = journal
         self._wake = wake
         self._webhook = None if secret is None else _webhook(secret)
