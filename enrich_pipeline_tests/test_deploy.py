@@ -42,6 +42,7 @@ from dagster import DagsterEventType
 
 from enrich_pipeline.dagster_layer.assets import PIPELINE_ASSETS
 from enrich_pipeline.dagster_layer.jobs import ENRICH_JOB_NAME
+from enrich_pipeline.warehouse.postgres import is_postgres
 from enrich_pipeline_tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"
@@ -243,6 +244,8 @@ class Deployment:
         if "DAGSTER_POSTGRES_URL" in env:
             assert env["DAGSTER_POSTGRES_URL"].startswith("postgresql+psycopg2://")
             env["DAGSTER_POSTGRES_URL"] = self.database_url
+        if is_postgres(service.environment.get("ENRICH_WAREHOUSE_URL") or ""):
+            env["ENRICH_WAREHOUSE_URL"] = self.database_url  # beside Dagster's tables here
         env["DAGSTER_HOME"] = str(self.dagster_home)
         return env
 
@@ -400,6 +403,20 @@ def finished_run(port: int, run_id: str) -> str | None:
     return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
 
 
+def landed_emails(engine: sqlalchemy.Engine, at_least: int) -> list[str] | None:
+    """The emails in ``raw_contacts`` (the warehouse shares Dagster's database here), once there
+    are that many."""
+    with engine.connect() as connection:
+        if "raw_contacts" not in sqlalchemy.inspect(connection).get_table_names():
+            return None
+        found = list(
+            connection.execute(
+                sqlalchemy.text("SELECT email FROM raw_contacts ORDER BY email")
+            ).scalars()
+        )
+    return found if len(found) >= at_least else None
+
+
 def landings(engine: sqlalchemy.Engine, at_least: int) -> bool:
     """Whether ``raw_contacts`` has at least that many landings from the intake: runless
     materialisations, with the landing replica's source in their metadata."""
@@ -522,8 +539,8 @@ def test_the_compose_services_run_as_local_processes_on_postgres(
     )
     assert "MONITORING" in {status["daemonType"] for status in required}
 
-    # Both intake replicas answer, each with a journal of its own in the shared volume, and each
-    # takes a lead (with the compose file's token) into the shared warehouse.
+    # Both intake replicas answer, and each takes a lead (with the compose file's token) into the
+    # one journal and warehouse in Postgres.
     intakes = [s for n, s in deployment.started.items() if programs[n] == "enrich-pipeline"]
     assert len(intakes) == 2
     for i, intake in enumerate(intakes):
@@ -534,11 +551,7 @@ def test_the_compose_services_run_as_local_processes_on_postgres(
         bearer = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
         status, body = http_post(intake.port, "/v1/leads", lead, bearer)
         assert status == 202, body
-    journals = {
-        deployment.local_environment(services[s.name])["ENRICH_INTAKE_JOURNAL_PATH"]
-        for s in intakes
-    }
-    assert len(journals) == 2 and all(Path(journal).exists() for journal in journals)
+    assert not list(deployment.folder.rglob("*.sqlite3")), "a journal or claims file, not Postgres"
 
     # A run of the job over today, launched from the webserver: queued, dequeued by the daemon,
     # launched by the project's launcher in the code server, executed there.
@@ -560,7 +573,7 @@ def test_the_compose_services_run_as_local_processes_on_postgres(
     assert status == "SUCCESS", deployment.logs()
 
     # Dagster's storage is in Postgres: dagster-postgres's tables, with the daemon's heartbeats,
-    # the run's events and both replicas' landings on raw_contacts (runless events the intake
+    # the run's events and the landings on raw_contacts (runless events the intake
     # records in the instance) in them, and no SQLite storage under DAGSTER_HOME.
     engine = sqlalchemy.create_engine(postgres_database)
     try:
@@ -576,7 +589,11 @@ def test_the_compose_services_run_as_local_processes_on_postgres(
                 ),
                 {"run_id": run_id},
             ).all()
-        deployment.wait_until("both replicas' landings", partial(landings, engine, len(intakes)))
+        # One journal: whichever replica's mover comes first lands a lead, each once, in the
+        # one warehouse.
+        deployment.wait_until("both leads to land", partial(landed_emails, engine, 2))
+        assert landed_emails(engine, 2) == [f"ada.{i}@analytical-engines.io" for i in range(2)]
+        assert landings(engine, 1)
     finally:
         engine.dispose()
     assert DagsterEventType.RUN_SUCCESS.value in {kind for kind, _ in events}
