@@ -463,11 +463,17 @@ def test_compose_and_helm_run_the_code_location_with_the_repo_instance_settings(
     services = compose_services({"ENRICH_INTAKE_TOKEN": INTAKE_TOKEN})
     code_server = services["code-server"]
 
-    # Run monitoring (in the daemon) and in-flight claims (runs, the intake) check pids: every
-    # service but the webserver, which does neither, is in one pid namespace.
+    # Run monitoring (in the daemon) checks the pids of runs (children of the code server): the
+    # two share a pid namespace. In-flight claims live in Postgres, so the intake needs none.
     namespaces = {name: service.pid for name, service in services.items()}
-    assert namespaces.pop("webserver") is None
-    assert set(namespaces.values()) == {"pids"}, namespaces
+    assert namespaces == {
+        "code-server": "pids",
+        "daemon": "pids",
+        "webserver": None,
+        "intake-1": None,
+        "intake-2": None,
+    }
+    assert is_postgres(code_server.environment["ENRICH_WAREHOUSE_URL"])
 
     (user_code,) = helm["dagster-user-deployments"]["deployments"]
     module = _option(code_server.command, "-m", "--module-name")
