@@ -18,6 +18,7 @@ from enrich_pipeline.intake.mover import JournalMover
 from enrich_pipeline.sandbox import SandboxConfig
 from enrich_pipeline.settings import Settings
 from enrich_pipeline.warehouse.connection import connect
+from enrich_pipeline.warehouse.postgres import is_postgres
 from enrich_pipeline.warehouse.suppression import identifier_key, keyed_hash, load_key
 from enrich_pipeline_tests.helpers import (
     materialise_range,
@@ -204,7 +205,8 @@ async def test_a_suppressed_lead_posted_to_the_intake_is_refused_and_leaves_the_
     assert rows_of(settings, "SELECT email FROM raw_contacts") == [("ada@acme.io",)]
     assert rows_of(settings, "SELECT reason, original FROM quarantine") == [("suppressed", None)]
     assert [entry.lead for entry in journal.read_after(0, 10)] == [{"email": "ada@acme.io"}]
-    assert b"spy@rival.com" not in Path(settings.intake_journal_path).read_bytes()
+    if not is_postgres(settings.warehouse_path):  # there, read_after above is the whole journal
+        assert b"spy@rival.com" not in Path(settings.intake_journal_path).read_bytes()
 
 
 def test_a_suppressed_phone_keeps_its_record_out_of_the_export(
