@@ -109,7 +109,8 @@ class DataLegionSettings(BaseModel):
     limiter_dir: str = setting(
         "ENRICH_LIMITER_DIR",
         "~/.cache/enrich_pipeline/ratelimit",
-        "where runs using one API key on this machine share its rate-limit state",
+        "where runs using one API key on this machine share its rate-limit state (with a "
+        "Postgres warehouse, every machine shares it there instead)",
     )
 
     @field_validator("base_url")
@@ -306,7 +307,8 @@ class IntakeSettings(BaseModel):
     intake_journal_path: str = setting(
         "ENRICH_INTAKE_JOURNAL_PATH",
         "data/intake.sqlite3",
-        "durable journal of accepted leads (SQLite), landed from there into raw_contacts",
+        "durable journal of accepted leads (SQLite), landed from there into raw_contacts (with "
+        "a Postgres warehouse, every replica's journal is there instead)",
     )
     intake_token: SecretStr | None = setting(
         "ENRICH_INTAKE_TOKEN",
