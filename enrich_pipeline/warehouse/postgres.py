@@ -76,14 +76,7 @@ def _psycopg2() -> Any:
 @contextmanager
 def session(location: str | Path, *, autocommit: bool = False) -> Iterator[Any]:
     """A psycopg2 connection to the warehouse database, closed at the end."""
-    psycopg2 = _psycopg2()
-    url = libpq_url(location)
-    try:
-        con = psycopg2.connect(url, connect_timeout=10)
-    except psycopg2.Error as exc:
-        raise WarehouseUnreachable(
-            f"cannot connect to the warehouse {masked(url)}: {masked(str(exc)).strip()}"
-        ) from None
+    con = _connect(libpq_url(location))
     con.autocommit = autocommit
     try:
         yield con
@@ -166,14 +159,18 @@ class _WriterLock:
 _writer = _WriterLock()
 
 
-def _session_for_lock(url: str) -> Any:
+def _connect(url: str) -> Any:
     psycopg2 = _psycopg2()
     try:
-        con = psycopg2.connect(url, connect_timeout=10)
+        return psycopg2.connect(url, connect_timeout=10)
     except psycopg2.Error as exc:
         raise WarehouseUnreachable(
             f"cannot connect to the warehouse {masked(url)}: {masked(str(exc)).strip()}"
         ) from None
+
+
+def _session_for_lock(url: str) -> Any:
+    con = _connect(url)
     con.autocommit = True
     return con
 
