@@ -153,7 +153,7 @@ class ScaledTime:
 
 def _enrich_in_a_process(
     base_url: str,
-    state_dir: str,
+    shared: dict[str, str],
     origin: float,
     index: int,
     start: Any,
@@ -173,7 +173,7 @@ def _enrich_in_a_process(
             stats=stats,
             clock=scaled.clock,
             sleep=scaled.sleep,
-            shared_state_dir=state_dir,
+            **shared,
         ) as http:
             client = EnrichmentClient(http, stats=stats, use_bulk=False)
             began = scaled.clock()
@@ -185,10 +185,11 @@ def _enrich_in_a_process(
     results.put((index, answered, began, ended))
 
 
-@pytest.mark.slow
-def test_processes_on_one_key_share_the_limit_over_http(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def assert_processes_share_the_limit(
+    monkeypatch: pytest.MonkeyPatch, shared: dict[str, str]
 ) -> None:
+    """Processes on one key, sharing their pacing state through ``shared`` (the keyword
+    ``build_http_client`` takes it by) and nothing else, stay inside a fixed-window limit."""
     from enrich_pipeline.sandbox import SandboxConfig, create_app
     from enrich_pipeline_tests import helpers
 
@@ -204,7 +205,7 @@ def test_processes_on_one_key_share_the_limit_over_http(
     with helpers.sandbox_over_http(config) as url:
         finished = helpers.in_processes_together(
             _enrich_in_a_process,
-            [(url, str(tmp_path), scaled.origin, index) for index in range(PROCESSES)],
+            [(url, shared, scaled.origin, index) for index in range(PROCESSES)],
             timeout_s=60,
         )
         served = httpx.get(f"{url}/_sandbox/stats").json()
@@ -215,6 +216,13 @@ def test_processes_on_one_key_share_the_limit_over_http(
     assert served["rate_limited"] <= 0.01 * served["requests_total"]
     arrivals_per_window = Counter(int(at // 60) for at, _, _ in served["events"])
     assert max(arrivals_per_window.values()) <= LIMIT_PER_MIN + 1
+
+
+@pytest.mark.slow
+def test_processes_on_one_key_share_the_limit_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_processes_share_the_limit(monkeypatch, {"shared_state_dir": str(tmp_path)})
 
 
 def test_how_bulk_calls_are_counted_is_learned_once_for_every_process(tmp_path: Path) -> None:

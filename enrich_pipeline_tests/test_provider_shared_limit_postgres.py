@@ -8,9 +8,7 @@ import asyncio
 import itertools
 import logging
 import threading
-import time
 import traceback
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -21,9 +19,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from enrich_pipeline.dagster_layer.resources import DataLegionResource
-from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
-from enrich_pipeline.provider.models import CallStats, PersonQuery
+from enrich_pipeline.provider.models import CallStats
 from enrich_pipeline.provider.pacing import PACING_MARGIN, Pacer
 from enrich_pipeline.provider.ratelimit_headers import parse_rate_limit
 from enrich_pipeline.provider.shared_limit import state_key
@@ -34,12 +31,9 @@ from enrich_pipeline_tests.helpers import FakeTime
 from enrich_pipeline_tests.test_provider_shared_limit import (
     BASE,
     KEY,
-    LIMIT_PER_MIN,
     NOW,
     POLICY_60,
-    PROCESSES,
-    QUERIES_PER_PROCESS,
-    ScaledTime,
+    assert_processes_share_the_limit,
     headers,
 )
 
@@ -308,62 +302,8 @@ def test_with_a_postgres_warehouse_the_provider_budget_is_kept_there(
 # --- real processes ------------------------------------------------------------------------------
 
 
-def _enrich_in_a_process(
-    base_url: str, database: str, origin: float, index: int, start: Any, results: Any
-) -> None:
-    scaled = ScaledTime(origin)
-    stats = CallStats()
-    queries = [
-        PersonQuery(key=f"{index}-{i}", email=f"p{index}-{i}@acme.com")
-        for i in range(QUERIES_PER_PROCESS)
-    ]
-
-    async def go() -> tuple[int, float, float]:
-        async with build_http_client(
-            base_url=base_url,
-            api_key=KEY,
-            stats=stats,
-            clock=scaled.clock,
-            sleep=scaled.sleep,
-            shared_state_url=database,
-        ) as http:
-            client = EnrichmentClient(http, stats=stats, use_bulk=False)
-            began = scaled.clock()
-            answered = [result async for result in client.enrich("person", queries)]
-            return len(answered), began, scaled.clock()
-
-    start.wait()
-    answered, began, ended = asyncio.run(go())
-    results.put((index, answered, began, ended))
-
-
 @pytest.mark.slow
 def test_processes_sharing_only_the_database_share_the_limit_over_http(
     postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from enrich_pipeline.sandbox import SandboxConfig, create_app
-    from enrich_pipeline_tests import helpers
-
-    scaled = ScaledTime(time.time())
-    monkeypatch.setattr(
-        helpers,
-        "create_app",
-        lambda config: create_app(config, clock=scaled.clock, sleep=scaled.sleep),
-    )
-    config = SandboxConfig(
-        rate_limit_per_min=LIMIT_PER_MIN, limit_algorithm="fixed_window", latency_ms=200
-    )
-    with helpers.sandbox_over_http(config) as url:
-        finished = helpers.in_processes_together(
-            _enrich_in_a_process,
-            [(url, postgres_database, scaled.origin, index) for index in range(PROCESSES)],
-            timeout_s=60,
-        )
-        served = httpx.get(f"{url}/_sandbox/stats").json()
-
-    assert all(answered == QUERIES_PER_PROCESS for _, answered, _, _ in finished)
-    # The runs overlapped: each began before any other had finished.
-    assert max(began for _, _, began, _ in finished) < min(ended for _, _, _, ended in finished)
-    assert served["rate_limited"] <= 0.01 * served["requests_total"]
-    arrivals_per_window = Counter(int(at // 60) for at, _, _ in served["events"])
-    assert max(arrivals_per_window.values()) <= LIMIT_PER_MIN + 1
+    assert_processes_share_the_limit(monkeypatch, {"shared_state_url": postgres_database})
