@@ -1,5 +1,6 @@
-"""One rate-limit budget per key across processes: the shared file's arithmetic on a fake
-clock, then real processes against the sandbox served over HTTP."""
+"""One rate-limit budget per key across processes: the shared state's arithmetic on a fake
+clock (in the file, and in a Postgres warehouse), then real processes against the sandbox
+served over HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from enrich_pipeline.provider.client import EnrichmentClient
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats, PersonQuery
-from enrich_pipeline.provider.pacing import PACING_MARGIN, Pacer
+from enrich_pipeline.provider.pacing import PACING_MARGIN, Pacer, StateStore
 from enrich_pipeline.provider.ratelimit_headers import parse_rate_limit
 from enrich_pipeline.provider.shared_limit import SharedStateStore, state_key
 from enrich_pipeline_tests.helpers import FakeTime
@@ -31,14 +33,35 @@ def store(directory: Path, **kwargs: Any) -> SharedStateStore:
     return SharedStateStore(base_url=BASE, api_key=KEY, directory=directory, **kwargs)
 
 
-def pacer(directory: Path, fake: FakeTime, stats: CallStats | None = None) -> Pacer:
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., StateStore]]:
+    """Makes stores of one kind on one shared place, each as another process (or machine) would
+    open it: the locked file, or the Postgres warehouse's table. Closes them after the test."""
+    made: list[StateStore] = []
+
+    def make(**kwargs: Any) -> StateStore:
+        if request.param == "file":
+            made.append(store(tmp_path, **kwargs))
+        else:
+            from enrich_pipeline.provider.shared_limit_postgres import PostgresStateStore
+
+            url = request.getfixturevalue("postgres_database")
+            made.append(PostgresStateStore(base_url=BASE, api_key=KEY, location=url, **kwargs))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def pacer(shared: Path | StateStore, fake: FakeTime, stats: CallStats | None = None) -> Pacer:
     return Pacer(
         stats=stats or CallStats(),
         clock=fake.clock,
         sleep=fake.sleep,
         jitter=lambda low, high: low,
         jitter_max_s=0.5,
-        store=store(directory),
+        store=store(shared) if isinstance(shared, Path) else shared,
     )
 
 
@@ -49,9 +72,9 @@ def headers(**values: str) -> httpx.Headers:
 POLICY_60 = {"RateLimit_Policy": "60/min"}
 
 
-def test_a_limit_learned_by_one_process_paces_the_others(tmp_path: Path) -> None:
+def test_a_limit_learned_by_one_process_paces_the_others(stores: Any) -> None:
     fake = FakeTime()
-    first, second = pacer(tmp_path, fake), pacer(tmp_path, fake)
+    first, second = pacer(stores(), fake), pacer(stores(), fake)
 
     async def go() -> list[float]:
         await first.acquire()
@@ -73,8 +96,8 @@ def test_a_limit_learned_by_one_process_paces_the_others(tmp_path: Path) -> None
     assert gaps == pytest.approx([interval] * 3)
 
 
-def test_requests_in_flight_in_another_process_count_against_remaining(tmp_path: Path) -> None:
-    other, mine = store(tmp_path), store(tmp_path)
+def test_requests_in_flight_in_another_process_count_against_remaining(stores: Any) -> None:
+    other, mine = stores(), stores()
     with other.transaction(NOW) as state:
         for _ in range(3):
             state.reserve(NOW, other.owner)
@@ -83,8 +106,8 @@ def test_requests_in_flight_in_another_process_count_against_remaining(tmp_path:
         assert state.remaining == 2
 
 
-def test_a_crashed_process_stops_counting_after_the_expiry(tmp_path: Path) -> None:
-    crashed, alive = store(tmp_path), store(tmp_path, in_flight_ttl_s=60)
+def test_a_crashed_process_stops_counting_after_the_expiry(stores: Any) -> None:
+    crashed, alive = stores(), stores(in_flight_ttl_s=60)
     with crashed.transaction(NOW) as state:
         state.reserve(NOW, crashed.owner)
     crashed.close()
@@ -94,9 +117,9 @@ def test_a_crashed_process_stops_counting_after_the_expiry(tmp_path: Path) -> No
         assert state.total_in_flight() == 0
 
 
-def test_retry_after_seen_by_one_process_holds_every_process(tmp_path: Path) -> None:
+def test_retry_after_seen_by_one_process_holds_every_process(stores: Any) -> None:
     fake = FakeTime()
-    first, second = pacer(tmp_path, fake), pacer(tmp_path, fake)
+    first, second = pacer(stores(), fake), pacer(stores(), fake)
 
     async def go() -> float:
         await first.acquire()
@@ -225,9 +248,9 @@ def test_processes_on_one_key_share_the_limit_over_http(
     assert_processes_share_the_limit(monkeypatch, {"shared_state_dir": str(tmp_path)})
 
 
-def test_how_bulk_calls_are_counted_is_learned_once_for_every_process(tmp_path: Path) -> None:
+def test_how_bulk_calls_are_counted_is_learned_once_for_every_process(stores: Any) -> None:
     fake = FakeTime()
-    first, second = pacer(tmp_path, fake), pacer(tmp_path, fake)
+    first, second = pacer(stores(), fake), pacer(stores(), fake)
     # 99 left after a bulk call of 100 items at a limit of 100: it counted as one request.
     per_request = headers(RateLimit_Policy="100/min", RateLimit_Remaining="99")
 

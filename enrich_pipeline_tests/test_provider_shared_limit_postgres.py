@@ -5,7 +5,6 @@ clock, under concurrent first use, and as real processes against the sandbox ove
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import traceback
@@ -21,7 +20,7 @@ from sqlalchemy.engine import make_url
 from enrich_pipeline.dagster_layer.resources import DataLegionResource
 from enrich_pipeline.provider.http import build_http_client
 from enrich_pipeline.provider.models import CallStats
-from enrich_pipeline.provider.pacing import PACING_MARGIN, Pacer
+from enrich_pipeline.provider.pacing import Pacer
 from enrich_pipeline.provider.ratelimit_headers import parse_rate_limit
 from enrich_pipeline.provider.shared_limit import state_key
 from enrich_pipeline.provider.shared_limit_postgres import PostgresStateStore
@@ -32,9 +31,7 @@ from enrich_pipeline_tests.test_provider_shared_limit import (
     BASE,
     KEY,
     NOW,
-    POLICY_60,
     assert_processes_share_the_limit,
-    headers,
 )
 
 pytestmark = pytest.mark.postgres
@@ -77,82 +74,6 @@ def execute(url: str, statement: str) -> None:
     with closing(psycopg2.connect(libpq_url(url))) as con, con.cursor() as cur:
         cur.execute(statement)
         con.commit()
-
-
-def test_a_limit_learned_on_one_machine_paces_the_others(stores: Any) -> None:
-    fake = FakeTime()
-    first, second = pacer(stores(), fake), pacer(stores(), fake)
-
-    async def go() -> list[float]:
-        await first.acquire()
-        first.complete(headers(**POLICY_60), 200, 0.1)
-        sent = []
-        for each in (second, first, second, first, second):
-            await each.acquire()
-            sent.append(fake.now)
-            each.complete(httpx.Headers(), 200, 0.1)
-        return sent
-
-    sent = asyncio.run(go())
-    interval = 1 / (1 - PACING_MARGIN)
-    # The bucket holds two requests (the minimum burst); after that, one per interval.
-    assert sent[:2] == [NOW, NOW]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(sent[1:])]
-    assert gaps == pytest.approx([interval] * 3)
-
-
-def test_requests_in_flight_on_another_machine_count_against_remaining(stores: Any) -> None:
-    other, mine = stores(), stores()
-    with other.transaction(NOW) as state:
-        for _ in range(3):
-            state.reserve(NOW, other.owner)
-    with mine.transaction(NOW) as state:
-        state.observe(parse_rate_limit({"RateLimit-Remaining": "5"}, NOW), 200, NOW)
-        assert state.remaining == 2
-
-
-def test_a_crashed_machine_stops_counting_after_the_expiry(stores: Any) -> None:
-    crashed, alive = stores(), stores(in_flight_ttl_s=60)
-    with crashed.transaction(NOW) as state:
-        state.reserve(NOW, crashed.owner)
-    crashed.close()
-    with alive.transaction(NOW + 59) as state:
-        assert state.total_in_flight() == 1
-    with alive.transaction(NOW + 61) as state:
-        assert state.total_in_flight() == 0
-
-
-def test_retry_after_seen_on_one_machine_holds_every_machine(stores: Any) -> None:
-    fake = FakeTime()
-    first, second = pacer(stores(), fake), pacer(stores(), fake)
-
-    async def go() -> float:
-        await first.acquire()
-        first.complete(headers(Retry_After="20"), 429, 0.1)
-        await second.acquire()
-        return fake.now
-
-    assert asyncio.run(go()) == NOW + 20
-
-
-def test_how_bulk_calls_are_counted_is_learned_once_for_every_machine(stores: Any) -> None:
-    fake = FakeTime()
-    first, second = pacer(stores(), fake), pacer(stores(), fake)
-    per_request = headers(RateLimit_Policy="100/min", RateLimit_Remaining="99")
-
-    async def go() -> tuple[int, int]:
-        await first.acquire()
-        first.complete(headers(RateLimit_Policy="100/min"), 200, 0.1)
-        await second.acquire()
-        second.complete(httpx.Headers(), 200, 0.1)
-        before = second.bulk_items(100)
-        units = await first.acquire(items=100)
-        first.complete(per_request, 200, 0.1, items=100, units=units)
-        await second.acquire()
-        second.complete(httpx.Headers(), 200, 0.1)
-        return before, second.bulk_items(100)
-
-    assert asyncio.run(go()) == (25, 100)
 
 
 def test_different_keys_do_not_share(stores: Any) -> None:
