@@ -157,7 +157,18 @@ class WindowEnrichment:
             keys = {(kind, query.key) for query in pending}
             mine = in_flight.claim(keys)
             try:
-                if ours := [query for query in pending if (kind, query.key) in mine]:
+                ours = [query for query in pending if (kind, query.key) in mine]
+                if ours:
+                    # Another run may have stored some between our selection and our claim (it
+                    # released them once stored): those are fresh now, not ours to pay for.
+                    with warehouse.connect() as con:
+                        now = self.step.select(
+                            con, self.start, self.end, utc_now(), pipeline.freshness
+                        )
+                    stale = {query.key for query in now.queries}
+                    self.done_elsewhere += sum(query.key not in stale for query in ours)
+                    ours = [query for query in ours if query.key in stale]
+                if ours:
                     asyncio.run(self.run_async(enrichment, warehouse, pipeline, logger, ours))
             finally:
                 in_flight.release(mine)

@@ -204,6 +204,9 @@ class WriteBack:
             keys = _keys(works)
             mine = self._in_flight.claim(keys)
             try:
+                # Selected again once claimed: what another look-up stored between our first
+                # selection and our claim is fresh now, not ours to pay for.
+                works = self._select(steps, windows) if mine else []
                 works = [
                     work.only({k for kind, k in mine if kind == work.step.kind}) for work in works
                 ]
