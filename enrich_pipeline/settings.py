@@ -44,9 +44,9 @@ class WarehouseSettings(BaseModel):
     )
     duckdb_memory_limit: str = setting(
         "ENRICH_DUCKDB_MEMORY_LIMIT",
-        "1GB",
+        "2GB",
         "DuckDB memory cap per connection of the pipeline's steps (beyond it, DuckDB spills to "
-        "disk; the CRM merge of a million contacts needs about 1 GB)",
+        "disk; building a million contacts' days in one run needs more than 1 GB on DuckDB 1.5)",
     )
     ingest_memory_limit: str = setting(
         "ENRICH_INGEST_MEMORY_LIMIT",
