@@ -26,16 +26,19 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from enrich_pipeline.warehouse.postgres import WarehouseUnreachable, masked, session
+from enrich_pipeline.warehouse.postgres import (
+    WarehouseUnreachable,
+    create_tables,
+    masked,
+    session,
+)
 
 if TYPE_CHECKING:
     from enrich_pipeline.in_flight import Key
 
-# The first key of this module's two-key advisory locks ("infl"); the second is 0 to create
-# the tables, or a holder's owner number (1 to 2**31 - 1: a positive int4 reads the same as
-# pg_locks' oid column).
+# The first key of a holder's two-key advisory lock ("infl"); the second is its owner number
+# (1 to 2**31 - 1: a positive int4 reads the same as pg_locks' oid column).
 LOCK_SPACE = 0x696E666C
-_SCHEMA_LOCK = 0
 _SCHEMA = """
 CREATE UNLOGGED TABLE IF NOT EXISTS in_flight_holders (
     owner INTEGER PRIMARY KEY,
@@ -100,9 +103,7 @@ class PostgresClaims:
                 "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10;"
                 "SET tcp_keepalives_count = 3; SET idle_session_timeout = 0"
             )
-            # Two processes creating the same table at once collide in the catalog.
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, _SCHEMA_LOCK))
-            cur.execute(_SCHEMA)
+            create_tables(cur, _SCHEMA)
             cur.execute(_WANTED)
         while True:
             owner = 1 + secrets.randbelow(2**31 - 1)

@@ -13,9 +13,6 @@ from typing import Any
 
 from enrich_pipeline.warehouse import postgres
 
-# A fixed number: the advisory lock under which intake's tables are created.
-_SCHEMA_LOCK = 0x696E74616B6531  # "intake1"
-
 
 class SharedSession:
     """Statements commit one by one (autocommit) unless run in ``transaction``. ``lock_timeout_s``
@@ -84,12 +81,10 @@ def transaction(cur: Any) -> Iterator[None]:
 def create_once(session: SharedSession, table: str, ddl: str) -> None:
     """Run ``ddl`` (``CREATE ... IF NOT EXISTS``), which creates ``table``, unless that table is
     there: looked for first, since a ``CREATE INDEX`` even of an index that exists locks out the
-    writers of its table (every replica's). Under a lock, as two replicas creating one table at
-    once would conflict in Postgres's catalog."""
+    writers of its table (every replica's)."""
     with session.cursor() as cur:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
         if cur.fetchone()[0]:
             return
         with transaction(cur):
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            cur.execute(ddl)
+            postgres.create_tables(cur, ddl)

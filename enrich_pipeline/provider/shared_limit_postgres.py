@@ -27,12 +27,15 @@ from enrich_pipeline.provider.shared_limit import (
     load_state,
     state_key,
 )
-from enrich_pipeline.warehouse.postgres import WarehouseUnreachable, libpq_url, masked, session
+from enrich_pipeline.warehouse.postgres import (
+    WarehouseUnreachable,
+    create_tables,
+    libpq_url,
+    masked,
+    session,
+)
 
 TABLE = "rate_budget"
-# Any fixed 64-bit number but the warehouse writers' lock: queues the table's creators.
-_CREATE_LOCK_ID = 0x72617465  # "rate"
-
 _CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     state_key TEXT PRIMARY KEY,
@@ -135,11 +138,8 @@ class PostgresStateStore:
         return str(row[0])
 
     def _create_table(self) -> None:
-        # Two sessions creating one table at once collide on its catalog rows, IF NOT EXISTS or
-        # not: the lock queues them, and the second finds it made.
         with self._con.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK_ID,))
-            cur.execute(_CREATE_TABLE)
+            create_tables(cur, _CREATE_TABLE)
         self._con.commit()
 
     def _rollback(self) -> None:

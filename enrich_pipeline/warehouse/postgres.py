@@ -215,6 +215,18 @@ def writing(location: str | Path, *, lock_timeout_s: float, ensure: Any) -> Iter
         _writer.release(url)
 
 
+# Any fixed 64-bit number: the lock every table created on first use is created under.
+SCHEMA_LOCK_ID = 0x656E72696368_01  # "enrich", 1
+
+
+def create_tables(cur: Any, ddl: str) -> None:
+    """Run ``ddl`` (``CREATE … IF NOT EXISTS``) in ``cur``'s transaction, under one lock: two
+    sessions creating one table at once collide in Postgres's catalog, IF NOT EXISTS or not, so
+    they queue, and the second finds it made."""
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+    cur.execute(ddl)
+
+
 def vacuum_full(location: str | Path, tables: list[str]) -> None:
     """Rewrite ``tables`` so deleted rows' bytes leave their files (Postgres keeps them in
     place until a vacuum, as DuckDB keeps freed blocks)."""
