@@ -50,7 +50,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -257,20 +257,13 @@ class LimiterWatch:
             await self._app(scope, receive, send)
             return
         arrived = time.time()
-        body = bytearray()
-
-        async def tap() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                body.extend(message.get("body", b""))
-            return message
-
-        async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self._record(message, arrived, body, scope["path"])
-            await send(message)
-
-        await self._app(scope, tap, watch)
+        await _tapped(
+            self._app,
+            scope,
+            receive,
+            send,
+            lambda answer, body: self._record(answer, arrived, body, scope["path"]),
+        )
 
     def _record(self, message: Message, arrived: float, body: bytes, path: str) -> None:
         headers = {
@@ -343,24 +336,16 @@ class UpsertWatch:
         if scope["type"] != "http" or scope["path"] != self.PATH:
             await self._app(scope, receive, send)
             return
-        body = bytearray()
-        status = 0
-
-        async def tap() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                body.extend(message.get("body", b""))
-            return message
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self._app(scope, tap, watch)
-        if status in (200, 207):
-            inputs = json.loads(body).get("inputs", [])
+        answered: list[tuple[int, bytes]] = []
+        await _tapped(
+            self._app,
+            scope,
+            receive,
+            send,
+            lambda answer, body: answered.append((answer["status"], body)),
+        )
+        if answered and answered[0][0] in (200, 207):
+            inputs = json.loads(answered[0][1]).get("inputs", [])
             with self._lock:
                 for item in inputs:
                     if not isinstance(item, dict):
@@ -370,6 +355,31 @@ class UpsertWatch:
                     if self._last.get(email) == item.get("properties"):
                         self.unchanged[email] += 1
                     self._last[email] = item.get("properties")
+
+
+async def _tapped(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    on_answer: Callable[[Message, bytes], None],
+) -> None:
+    """``app`` answering the request, with ``on_answer(response start, request body)`` called
+    as the answer starts."""
+    body = bytearray()
+
+    async def tap() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            body.extend(message.get("body", b""))
+        return message
+
+    async def watch(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            on_answer(message, bytes(body))
+        await send(message)
+
+    await app(scope, tap, watch)
 
 
 # --- the machines ---------------------------------------------------------------------------
