@@ -198,14 +198,14 @@ class WriteBack:
         calls = 0
         for steps in rounds:
             works = self._select(steps, windows)
-            # Being looked up by an answer on request: stored when it is done, so fresh.
-            if self._in_flight.wait(_keys(works)):
-                works = self._select(steps, windows)
             keys = _keys(works)
+            # Being looked up by an answer on request: stored when it is done, so fresh.
+            self._in_flight.wait(keys)
             mine = self._in_flight.claim(keys)
             try:
                 # Selected again once claimed: what another look-up stored between our first
-                # selection and our claim is fresh now, not ours to pay for.
+                # selection and our claim (waited for above, or not) is fresh now, not ours to
+                # pay for.
                 works = self._select(steps, windows) if mine else []
                 works = [
                     work.only({k for kind, k in mine if kind == work.step.kind}) for work in works
